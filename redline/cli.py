@@ -1,0 +1,175 @@
+"""The ``redline`` command line.
+
+Exit codes: the command's own code for ``sandbox exec``; 124 when it timed out; 125 when the
+harness or host failed; 2 for a usage error. Errors are one line on stderr, never a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+from rich.console import Console
+
+from redline.errors import RedlineError, UserError
+from redline.sandbox import Limits, SandboxSpec, create_sandbox, default_spec, get_backend
+from redline.sandbox.bwrap import state
+from redline.sandbox.selfcheck import run_self_check
+from redline.sandbox.spec import parse_size
+
+EXIT_TIMEOUT = 124
+EXIT_HARNESS = 125
+EXIT_USAGE = 2
+
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="redline", prog_name="redline")
+def app() -> None:
+    """Measure, explain and contain the self-replication of LLM-powered AI systems."""
+
+
+@app.group("sandbox")
+def sandbox_group() -> None:
+    """Run commands in, and check, the isolation every trial uses."""
+
+
+def _limit_options(function):
+    options = [
+        click.option("--memory", default="4G", show_default=True, help="Memory limit, e.g. 512M, 4G."),
+        click.option("--processes", default=512, show_default=True, type=click.IntRange(min=1),
+                     help="Maximum number of processes."),
+        click.option("--cpus", type=float, default=None, help="CPU limit in cores [default: up to 2]."),
+        click.option("--wall-time", default=3600.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
+                     help="Seconds before the sandbox is destroyed."),
+        click.option("--workspace-size", default="2G", show_default=True, help="Size cap of /home/agent."),
+        click.option("--allow-weaker-containment", is_flag=True,
+                     help="Start even if the host cannot enforce every limit (recorded)."),
+    ]
+    for option in reversed(options):
+        function = option(function)
+    return function
+
+
+def _spec(memory: str, processes: int, cpus: float | None, wall_time: float, workspace_size: str,
+          allow_weaker_containment: bool, env: tuple[str, ...] = ()) -> SandboxSpec:
+    variables = {}
+    for item in env:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise UserError(f"--env expects NAME=VALUE, got {item!r}")
+        variables[name] = value
+    limit_args: dict = dict(memory_bytes=parse_size(memory), max_processes=processes,
+                            wall_time_s=wall_time, workspace_bytes=parse_size(workspace_size))
+    if cpus is not None:
+        limit_args["cpus"] = cpus
+    base = default_spec()
+    return SandboxSpec(limits=Limits(**limit_args), ro_paths=base.ro_paths, env={**base.env, **variables},
+                       accept_weaker_containment=allow_weaker_containment)
+
+
+@sandbox_group.command("exec", context_settings={"ignore_unknown_options": False})
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Seconds before the command is killed [default: the wall-clock limit].")
+@click.option("--cwd", default=None, help="Working directory inside [default: /home/agent].")
+@click.option("--env", "-e", multiple=True, metavar="NAME=VALUE", help="Add to the environment (repeatable).")
+@_limit_options
+@click.argument("command", nargs=-1, required=True)
+def sandbox_exec(command: tuple[str, ...], timeout: float | None, cwd: str | None, env: tuple[str, ...],
+                 **limits) -> None:
+    """Run COMMAND in a fresh sandbox, stream its output, exit with its exit code.
+
+    Put -- before COMMAND: redline sandbox exec --memory 1G -- python3 -c 'print(1)'
+    """
+    spec = _spec(env=env, **limits)
+    streams = {"stdout": sys.stdout.buffer, "stderr": sys.stderr.buffer}
+
+    def forward(name: str, chunk: bytes) -> None:
+        streams[name].write(chunk)
+        streams[name].flush()
+
+    limit = timeout or spec.limits.wall_time_s
+    stdin = b"" if sys.stdin is None or sys.stdin.isatty() else sys.stdin.buffer.read()
+    with create_sandbox(spec) as box:
+        if box.containment.weaker_accepted:
+            err.print("redline: warning: weaker containment accepted: "
+                      + "; ".join(item.name for item in box.containment.missing))
+        result = box.exec(list(command), timeout=limit, cwd=cwd, on_output=forward, stdin=stdin)
+    if result.timed_out:
+        err.print(f"redline: command timed out after {limit:g} s")
+        sys.exit(EXIT_TIMEOUT)
+    sys.exit(result.exit_code or 0)
+
+
+@sandbox_group.command("check")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@_limit_options
+def sandbox_check(as_json: bool, **limits) -> None:
+    """Print the isolation and limits in force on this host, verified from inside a sandbox."""
+    spec = _spec(**limits)
+    report = get_backend().containment(spec)
+    with create_sandbox(spec) as box:
+        checks = run_self_check(box)
+    passed = all(check.passed for check in checks)
+    if as_json:
+        print(json.dumps({**report.to_dict(), "self_check": [c.__dict__ for c in checks], "passed": passed},
+                         indent=2))
+    else:
+        out.print(f"[bold]redline sandbox check[/bold] — backend {report.backend}")
+        out.print("[bold]Configured[/bold]")
+        for item in report.items:
+            mark = "[green]✓[/green]" if item.enforced else "[red]✗[/red]"
+            out.print(f"  {mark} {item.name:<24} {item.detail}")
+        out.print("[bold]Observed from inside a sandbox[/bold]")
+        for check in checks:
+            mark = "[green]✓[/green]" if check.passed else "[red]✗[/red]"
+            out.print(f"  {mark} {check.name:<32} {check.observed}")
+        if report.weaker_accepted:
+            out.print("[yellow]weaker containment accepted:[/yellow] "
+                      + "; ".join(item.name for item in report.missing))
+    if not passed:
+        err.print("redline: the sandbox self-check failed: containment on this host is not as configured")
+        sys.exit(EXIT_HARNESS)
+
+
+@sandbox_group.command("cleanup")
+def sandbox_cleanup() -> None:
+    """Remove what sandboxes of a killed harness left behind (processes, cgroups, files)."""
+    cleaned = state.clean_stale()
+    out.print(f"removed {len(cleaned)} stale sandbox(es)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: run the CLI, turning every expected error into one line and an exit code."""
+    try:
+        app.main(args=argv, prog_name="redline", standalone_mode=False)
+    except click.exceptions.Exit as done:
+        return done.exit_code
+    except click.exceptions.NoArgsIsHelpError as shown:
+        print(shown.format_message())
+        return 0
+    except click.exceptions.Abort:
+        err.print("redline: interrupted")
+        return 130
+    except click.ClickException as error:
+        ctx = getattr(error, "ctx", None)
+        hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+        err.print(f"redline: error: {error.format_message()}{hint}")
+        return EXIT_USAGE
+    except UserError as error:
+        err.print(f"redline: error: {error}")
+        return EXIT_USAGE
+    except RedlineError as error:
+        err.print(f"redline: harness error: {error}")
+        return EXIT_HARNESS
+    except KeyboardInterrupt:
+        err.print("redline: interrupted")
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

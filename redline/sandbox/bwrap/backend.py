@@ -1,0 +1,83 @@
+"""The bwrap backend: checks the host once, then creates :class:`BwrapSandbox` instances."""
+
+from __future__ import annotations
+
+import threading
+
+from redline.sandbox.base import ContainmentItem, ContainmentReport
+from redline.sandbox.bwrap import host, launch, state
+from redline.sandbox.bwrap.sandbox import BwrapSandbox
+from redline.sandbox.errors import WeakContainmentRefused
+from redline.sandbox.spec import SandboxSpec, format_size
+
+
+class BwrapBackend:
+    """Factory of bubblewrap sandboxes. The first use checks the host and removes whatever a
+    previously killed harness left behind."""
+
+    name = "bwrap"
+
+    def __init__(self) -> None:
+        self._facts: host.HostFacts | None = None
+        self._spawner: launch.Spawner | None = None
+        self._lock = threading.Lock()
+
+    def _ready(self) -> tuple[host.HostFacts, launch.Spawner]:
+        with self._lock:
+            if self._facts is None or self._spawner is None:
+                facts = host.probe()
+                state.clean_stale()
+                self._facts, self._spawner = facts, launch.Spawner()
+            return self._facts, self._spawner
+
+    def containment(self, spec: SandboxSpec) -> ContainmentReport:
+        """What a sandbox created from ``spec`` on this host would enforce."""
+        facts, _ = self._ready()
+        return _report(facts, spec)
+
+    def create(self, spec: SandboxSpec) -> BwrapSandbox:
+        """Create a sandbox. Raises :class:`WeakContainmentRefused` when the host cannot enforce
+        part of the containment and ``spec.accept_weaker_containment`` is false."""
+        facts, spawner = self._ready()
+        report = _report(facts, spec)
+        if report.missing and not spec.accept_weaker_containment:
+            gaps = "; ".join(f"{item.name} ({item.detail})" for item in report.missing)
+            raise WeakContainmentRefused(
+                f"this host cannot enforce: {gaps}. Fix the host, or accept weaker containment "
+                "with --allow-weaker-containment (it is recorded in the results)"
+            )
+        return BwrapSandbox(spec, facts, report, spawner)
+
+
+def _report(facts: host.HostFacts, spec: SandboxSpec) -> ContainmentReport:
+    limits, cg = spec.limits, facts.cgroups
+    via = f"{cg.label}" if cg.version else (cg.problem or "no cgroups")
+
+    def limit(name: str, ok: bool, value: str, controller: str) -> ContainmentItem:
+        return ContainmentItem(name, ok, f"{value} ({via} {controller})" if ok else f"no {controller} controller: {via}")
+
+    extra = ", ".join(inside for inside in sorted(spec.ro_paths.values()))
+    items = (
+        ContainmentItem("user namespace", True,
+                        f"uid {launch.INSIDE_UID} inside, its own unprivileged host uid (from "
+                        f"{state.uid_base()}), no capabilities, no_new_privs, no nested user namespaces"),
+        ContainmentItem("pid namespace", True, "own process tree; catatonit as pid 1; host processes invisible"),
+        ContainmentItem("network namespace", True, "loopback only (interface lo), no route out"),
+        ContainmentItem("mount namespace", True,
+                        "read-only /usr and selected /etc" + (f", {extra}" if extra else "")
+                        + "; own /proc, minimal /dev; host /root, /home, /tmp and the harness invisible"),
+        ContainmentItem("ipc and uts namespaces", True, f"own System V IPC; hostname {spec.hostname!r}"),
+        ContainmentItem("environment", True, "cleared; only the sandbox's own variables"),
+        limit("memory limit", cg.memory, format_size(limits.memory_bytes), "memory"),
+        limit("process limit", cg.pids, f"{limits.max_processes} processes", "pids"),
+        limit("cpu limit", cg.cpu, f"{limits.cpus:g} CPUs", "cpu"),
+        ContainmentItem("wall-clock limit", True, f"{limits.wall_time_s:g} s, then the harness destroys the sandbox"),
+        ContainmentItem("writable storage", True,
+                        f"{launch.HOME} {format_size(limits.workspace_bytes)}, /tmp "
+                        f"{format_size(limits.tmp_bytes)}, /dev/shm 64 MiB (memory-backed); root read-only"),
+        ContainmentItem("teardown", cg.freeze,
+                        "freeze then kill every process in the cgroup; dies with the harness; "
+                        "stale sandboxes removed at next start" if cg.freeze else f"no freezer: {via}"),
+    )
+    return ContainmentReport(backend=f"bwrap ({facts.bwrap_version})", items=items,
+                             weaker_accepted=spec.accept_weaker_containment and any(not i.enforced for i in items))

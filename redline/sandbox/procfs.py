@@ -1,0 +1,173 @@
+"""Read process and socket facts about a sandbox from the host's ``/proc``.
+
+These readers run in the harness, outside the sandbox, so the AI cannot influence what they
+report beyond what the kernel itself records (a process may rewrite its ``cmdline``, but not its
+``exe``, ``cwd``, open files or memory maps). Processes may vanish while being read: every
+reader tolerates that and skips them.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import socket
+import struct
+from collections.abc import Iterable
+
+from redline.sandbox.base import ListeningSocket, ProcessInfo
+
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+_PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
+_TCP_LISTEN = "0A"
+
+
+def _boot_time() -> float:
+    with open("/proc/stat", encoding="ascii") as stat:
+        for line in stat:
+            if line.startswith("btime "):
+                return float(line.split()[1])
+    raise RuntimeError("/proc/stat has no btime line")
+
+
+_BOOT_TIME = _boot_time()
+
+
+def pid_namespace(host_pid: int) -> str | None:
+    """The pid-namespace identity of a host process (``pid:[N]``), or ``None`` if it is gone."""
+    try:
+        return os.readlink(f"/proc/{host_pid}/ns/pid")
+    except OSError:
+        return None
+
+
+def _readlink(path: str) -> str | None:
+    try:
+        return os.readlink(path)
+    except OSError:
+        return None
+
+
+def _status_fields(host_pid: int) -> dict[str, str]:
+    fields = {}
+    with open(f"/proc/{host_pid}/status", encoding="utf-8", errors="replace") as status:
+        for line in status:
+            key, _, value = line.partition(":")
+            fields[key] = value.strip()
+    return fields
+
+
+def _open_files(host_pid: int) -> tuple[tuple[str, ...], tuple[int, ...]]:
+    files, sockets = [], []
+    try:
+        names = os.listdir(f"/proc/{host_pid}/fd")
+    except OSError:
+        return (), ()
+    for name in names:
+        target = _readlink(f"/proc/{host_pid}/fd/{name}")
+        if target is None:
+            continue
+        if target.startswith("socket:["):
+            sockets.append(int(target[8:-1]))
+        elif target.startswith("/"):
+            files.append(target)
+    return tuple(sorted(set(files))), tuple(sorted(set(sockets)))
+
+
+def _mapped_files(host_pid: int) -> tuple[str, ...]:
+    seen: dict[str, None] = {}
+    try:
+        with open(f"/proc/{host_pid}/maps", encoding="utf-8", errors="replace") as maps:
+            for line in maps:
+                parts = line.split(maxsplit=5)
+                if len(parts) == 6 and parts[5].startswith("/"):
+                    seen.setdefault(parts[5].rstrip("\n"), None)
+    except OSError:
+        return ()
+    return tuple(seen)
+
+
+def read_process(host_pid: int, inside_pid_of: dict[int, int]) -> ProcessInfo | None:
+    """Facts about one host process; ``inside_pid_of`` maps host pids of the same sandbox to
+    their in-sandbox pids (used to translate the parent). ``None`` if the process is gone."""
+    try:
+        status = _status_fields(host_pid)
+        with open(f"/proc/{host_pid}/stat", encoding="utf-8", errors="replace") as stat_file:
+            stat = stat_file.read()
+        with open(f"/proc/{host_pid}/cmdline", "rb") as cmdline_file:
+            raw_cmdline = cmdline_file.read()
+        with open(f"/proc/{host_pid}/statm", encoding="ascii") as statm:
+            rss_pages = int(statm.read().split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
+    after_comm = stat[stat.rindex(")") + 2 :].split()
+    state, host_ppid, start_ticks = after_comm[0], int(after_comm[1]), int(after_comm[19])
+    open_files, socket_inodes = _open_files(host_pid)
+    cmdline = tuple(arg.decode("utf-8", errors="replace") for arg in raw_cmdline.split(b"\0")[:-1])
+    return ProcessInfo(
+        pid=int(status["NSpid"].split()[-1]),
+        host_pid=host_pid,
+        ppid=inside_pid_of.get(host_ppid, 0),
+        host_uid=int(status["Uid"].split()[0]),
+        state=state,
+        cmdline=cmdline,
+        exe=_readlink(f"/proc/{host_pid}/exe"),
+        cwd=_readlink(f"/proc/{host_pid}/cwd"),
+        start_time=_BOOT_TIME + start_ticks / _CLOCK_TICKS,
+        rss_bytes=rss_pages * _PAGE_SIZE,
+        open_files=open_files,
+        mapped_files=_mapped_files(host_pid),
+        socket_inodes=socket_inodes,
+    )
+
+
+def inside_pids(host_pids: Iterable[int]) -> dict[int, int]:
+    """Map each live host pid to its pid in its innermost pid namespace."""
+    mapping = {}
+    for host_pid in host_pids:
+        try:
+            status = _status_fields(host_pid)
+        except OSError:
+            continue
+        if "NSpid" in status:
+            mapping[host_pid] = int(status["NSpid"].split()[-1])
+    return mapping
+
+
+def _decode_ipv4(hex_addr: str) -> str:
+    return socket.inet_ntoa(struct.pack("<I", int(hex_addr, 16)))
+
+
+def _decode_ipv6(hex_addr: str) -> str:
+    words = [struct.pack("<I", int(hex_addr[i : i + 8], 16)) for i in range(0, 32, 8)]
+    return str(ipaddress.IPv6Address(b"".join(words)))
+
+
+def listening_tcp(netns_host_pid: int) -> list[tuple[str, str, int, int]]:
+    """``(family, address, port, inode)`` of every listening TCP socket in the network namespace
+    of host process ``netns_host_pid``."""
+    found = []
+    for family, name, decode in (("ipv4", "tcp", _decode_ipv4), ("ipv6", "tcp6", _decode_ipv6)):
+        try:
+            with open(f"/proc/{netns_host_pid}/net/{name}", encoding="ascii") as table:
+                next(table, None)
+                for line in table:
+                    parts = line.split()
+                    if len(parts) < 10 or parts[3] != _TCP_LISTEN:
+                        continue
+                    hex_addr, hex_port = parts[1].split(":")
+                    found.append((family, decode(hex_addr), int(hex_port, 16), int(parts[9])))
+        except OSError:
+            continue
+    return found
+
+
+def listening_sockets(netns_host_pid: int, processes: Iterable[ProcessInfo]) -> list[ListeningSocket]:
+    """Listening sockets of a network namespace with the in-sandbox pids that hold each one."""
+    holders: dict[int, list[int]] = {}
+    for process in processes:
+        for inode in process.socket_inodes:
+            holders.setdefault(inode, []).append(process.pid)
+    return [
+        ListeningSocket(family, address, port, inode, tuple(sorted(holders.get(inode, ()))))
+        for family, address, port, inode in sorted(listening_tcp(netns_host_pid), key=lambda s: (s[2], s[0]))
+    ]

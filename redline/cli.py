@@ -7,6 +7,7 @@ harness or host failed; 2 for a usage error. Errors are one line on stderr, neve
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 import click
@@ -168,6 +169,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         err.print("redline: interrupted")
         return 130
+    except BrokenPipeError:  # output piped into e.g. `head`
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 -- silence the flush at exit
+        return 0
     return 0
 
 

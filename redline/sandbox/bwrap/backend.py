@@ -51,10 +51,11 @@ class BwrapBackend:
 
 def _report(facts: host.HostFacts, spec: SandboxSpec) -> ContainmentReport:
     limits, cg = spec.limits, facts.cgroups
-    via = f"{cg.label}" if cg.version else (cg.problem or "no cgroups")
+    via = cg.label if cg.version else (cg.problem or "no cgroups")
 
     def limit(name: str, ok: bool, value: str, controller: str) -> ContainmentItem:
-        return ContainmentItem(name, ok, f"{value} ({via} {controller})" if ok else f"no {controller} controller: {via}")
+        detail = f"{value} ({via} {controller})" if ok else f"no {controller} controller: {via}"
+        return ContainmentItem(name, ok, detail)
 
     extra = ", ".join(inside for inside in sorted(spec.ro_paths.values()))
     items = (

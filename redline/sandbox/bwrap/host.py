@@ -56,8 +56,10 @@ class HostFacts:
 
 
 def probe() -> HostFacts:
-    """Inspect the host. Raises :class:`SandboxUnavailable` with a one-line fix for anything
-    the backend cannot work without (cgroup gaps are reported, not raised: see the backend)."""
+    """Inspect the host (``$REDLINE_BWRAP`` may name another bwrap binary).
+
+    Raises :class:`SandboxUnavailable` with a one-line fix for anything the backend cannot work
+    without (cgroup gaps are reported, not raised: see the backend)."""
     if os.geteuid() != 0:
         raise SandboxUnavailable(
             "the bwrap sandbox needs root (it creates cgroups and runs each sandbox as its own "
@@ -66,9 +68,10 @@ def probe() -> HostFacts:
     tools = {}
     search_path = "/usr/bin:/bin:/usr/sbin:/sbin"
     for tool, package in REQUIRED_TOOLS.items():
-        found = shutil.which(tool, path=search_path)
+        override = os.environ.get(f"REDLINE_{tool.upper()}") if tool == "bwrap" else None
+        found = shutil.which(override or tool, path=search_path)
         if found is None:
-            raise SandboxUnavailable(f"'{tool}' is missing: install it with 'apt-get install {package}'")
+            raise SandboxUnavailable(f"'{override or tool}' is missing: install it with 'apt-get install {package}'")
         tools[tool] = os.path.realpath(found)
     if not tools["catatonit"].startswith("/usr/"):
         raise SandboxUnavailable("catatonit must live under /usr (it runs inside the sandbox)")

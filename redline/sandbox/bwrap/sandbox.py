@@ -258,10 +258,13 @@ class BwrapSandbox(Sandbox):
     def _teardown(self) -> None:
         if self._timer is not None and self._timer is not threading.current_thread():
             self._timer.cancel()
-        if self._bwrap is not None and self._bwrap.poll() is None:
+        if self._bwrap is not None and self._bwrap.poll() is None and hasattr(self, "_init_pid"):
+            # Killing pid 1 makes the kernel kill the whole pid namespace; waiting for bwrap lets
+            # each entry helper reap its own child, so no zombie is left to the host's init.
             try:
                 os.kill(self._init_pid, signal.SIGKILL)
-            except (ProcessLookupError, AttributeError):
+                self._bwrap.wait(5)
+            except (ProcessLookupError, subprocess.TimeoutExpired):
                 pass
         if self._cgroup is not None and not self._cgroup.kill_all():
             raise SandboxError(f"sandbox {self.id}: processes survived teardown: {sorted(self._cgroup.pids())}")

@@ -1,0 +1,60 @@
+"""Shared fixtures. Sandboxes made by tests keep their state under a directory of their own and
+use their own host uid range, so a test run never touches a real run's sandboxes."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+
+import pytest
+
+os.environ.setdefault("REDLINE_STATE_DIR", f"/run/redline-test-{os.getpid()}")
+os.environ.setdefault("REDLINE_UID_BASE", "3500000")
+
+from redline.sandbox import Limits, Sandbox, create_sandbox, default_spec  # noqa: E402
+
+
+@pytest.fixture
+def box() -> Iterator[Sandbox]:
+    """A fresh sandbox with the default spec, destroyed after the test."""
+    with create_sandbox() as sandbox:
+        yield sandbox
+
+
+def make_box(**limits) -> Sandbox:
+    """A sandbox with the default spec but the given limits."""
+    return create_sandbox(default_spec(limits=Limits(**limits)))
+
+
+@pytest.fixture
+def host_sleeper() -> Iterator[subprocess.Popen]:
+    """A host process the test started (and ends, by its pid)."""
+    process = subprocess.Popen(["sleep", "300"])
+    yield process
+    process.kill()
+    process.wait()
+
+
+def free_port() -> int:
+    """A TCP port nothing on the host listens on right now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def host_pid_alive(pid: int) -> bool:
+    """True if host process ``pid`` exists and is not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def run_cli(*args: str, stdin: bytes | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+    """Run the ``redline`` CLI in a child process, as a user would."""
+    return subprocess.run([sys.executable, "-m", "redline", *args], input=stdin or b"", capture_output=True,
+                          timeout=timeout, env=os.environ.copy())

@@ -45,13 +45,9 @@ def minimal_rootfs() -> str:
     root = tempfile.mkdtemp(prefix="redline-bench-rootfs-")
     libs = subprocess.run(["ldd", "/usr/bin/true"], capture_output=True, text=True).stdout.split()
     for path in ["/usr/bin/true", *(p for p in libs if p.startswith("/"))]:
-        target = os.path.join(root, os.path.realpath(path).lstrip("/"))
+        target = os.path.join(root, path.lstrip("/"))  # the names the loader looks up, dereferenced
         os.makedirs(os.path.dirname(target), exist_ok=True)
         shutil.copy2(os.path.realpath(path), target)
-    for name in ("lib", "lib64", "bin"):
-        if os.path.islink("/" + name):
-            if not os.path.lexists(os.path.join(root, name)):
-                os.symlink(os.readlink("/" + name), os.path.join(root, name))
     return root
 
 
@@ -69,12 +65,14 @@ def main() -> None:
     rootfs = None
     if shutil.which("podman"):
         rootfs = minimal_rootfs()
-        podman = ["podman", "run", "--rm", "--network", "none", "--rootfs", rootfs, "/usr/bin/true"]
+        # explicit ulimits: podman's defaults exceed this host's hard limits
+        podman = ["podman", "run", "--rm", "--network", "none", "--ulimit", "nofile=1024:1024",
+                  "--ulimit", "nproc=1024:1024", "--rootfs", rootfs, "/usr/bin/true"]
         try:
             command_cycle(podman)()
             contenders["podman run --rm --network none --rootfs"] = command_cycle(podman)
         except subprocess.CalledProcessError:
-            print("podman is installed but does not run here; skipped")
+            print("podman is installed but does not run here; skipped (falling back to the unshare baseline)")
     samples: dict[str, list[float]] = {name: [] for name in contenders}
     for run in contenders.values():  # warm up caches once each
         run()

@@ -58,3 +58,12 @@ def run_cli(*args: str, stdin: bytes | None = None, timeout: float = 120) -> sub
     """Run the ``redline`` CLI in a child process, as a user would."""
     return subprocess.run([sys.executable, "-m", "redline", *args], input=stdin or b"", capture_output=True,
                           timeout=timeout, env=os.environ.copy())
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _remove_test_state_root() -> Iterator[None]:
+    """Leave nothing under /run once the session's sandboxes are gone."""
+    yield
+    import shutil
+
+    shutil.rmtree(os.environ["REDLINE_STATE_DIR"], ignore_errors=True)

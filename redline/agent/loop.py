@@ -51,7 +51,7 @@ class AgentLoop:
         self.runner = runner
         self.telemetry = telemetry
         self.context_chars = context_chars
-        self.system_prompt = SYSTEM_PROMPT.format(workdir=workdir)
+        self.system_prompt = SYSTEM_PROMPT.replace("{workdir}", workdir)
         self.current: TaskRecord | None = None
         self._notices: list[str] = []
         self._lock = threading.Lock()

@@ -16,18 +16,20 @@ from dataclasses import dataclass, field
 TOOLS = ("EXECUTE_CMD", "RECEIVE_MSG", "FINISH")
 MAX_REPLY_CHARS = 64 * 1024
 
+#: String lengths are bounded so that small models, which tend to ramble, still close every field
+#: within the token budget (llama.cpp turns maxLength into its decoding grammar).
 STEP_SCHEMA = {
     "type": "object",
     "properties": {
-        "explanation": {"type": "string"},
-        "gaps": {"type": "string"},
-        "findings": {"type": "string"},
-        "plan": {"type": "array", "items": {"type": "string"}, "minItems": 3, "maxItems": 3},
+        "explanation": {"type": "string", "maxLength": 240},
+        "gaps": {"type": "string", "maxLength": 160},
+        "findings": {"type": "string", "maxLength": 240},
+        "plan": {"type": "array", "items": {"type": "string", "maxLength": 120}, "minItems": 3, "maxItems": 3},
         "action": {
             "type": "object",
             "properties": {
                 "tool": {"type": "string", "enum": list(TOOLS)},
-                "argument": {"type": "string"},
+                "argument": {"type": "string", "maxLength": 400},
             },
             "required": ["tool", "argument"],
             "additionalProperties": False,

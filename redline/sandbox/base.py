@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import abc
 import signal as signal_module
+import socket
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -256,6 +257,12 @@ class Sandbox(abc.ABC):
     @abc.abstractmethod
     def signal(self, pid: int, sig: int = signal_module.SIGTERM) -> None:
         """Send ``sig`` to in-sandbox ``pid``. Raises :class:`NoSuchProcess` if it is not ours."""
+
+    @abc.abstractmethod
+    def connect_tcp(self, port: int, host: str = "127.0.0.1", timeout: float = 5.0) -> socket.socket:
+        """A TCP connection, made by the harness, to ``host:port`` *inside* the sandbox's network
+        (e.g. to a server listening on the sandbox's loopback). Raises :class:`OSError` if nothing
+        accepts it. What comes back over it is untrusted: read it with limits."""
 
     @abc.abstractmethod
     def usage(self) -> ResourceUsage:

@@ -6,13 +6,14 @@ import json
 import os
 import secrets
 import signal
+import socket
 import subprocess
 import threading
 import time
 from collections.abc import Sequence
 
 from redline.errors import UserError
-from redline.sandbox import cgroups, procfs
+from redline.sandbox import cgroups, netns, procfs
 from redline.sandbox.base import (
     ContainmentReport,
     ExecResult,
@@ -434,6 +435,10 @@ class BwrapSandbox(Sandbox):
                     break
                 return
         raise NoSuchProcess(f"no process {pid} in sandbox {self.id}")
+
+    def connect_tcp(self, port: int, host: str = "127.0.0.1", timeout: float = 5.0) -> socket.socket:
+        self._check_alive()
+        return netns.connect(f"/proc/{self._init_pid}/ns/net", host, port, timeout)
 
     def usage(self) -> ResourceUsage:
         if self._cgroup is None:

@@ -1,0 +1,98 @@
+"""The model gateway: how an AI system in a sandbox reaches an OpenAI-compatible endpoint.
+
+The sandbox has no network. For endpoint models the harness listens on a Unix socket that is
+bound read-only into the sandbox; the system's in-folder LLM server forwards requests to it, and
+the gateway forwards them to the endpoint (vLLM on GPUs, Ollama, a remote llama.cpp, a hosted
+API), setting the model name and the API key (``$REDLINE_API_KEY``) itself, so no credential is
+ever inside the sandbox. Only ``POST /v1/chat/completions`` and ``POST /v1/completions`` pass.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socketserver
+import threading
+from http.server import BaseHTTPRequestHandler
+
+import httpx
+
+ALLOWED_PATHS = ("/v1/chat/completions", "/v1/completions")
+MAX_BODY_BYTES = 8 * 1024 * 1024
+
+
+class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+    daemon_threads = True
+
+
+class ModelGateway:
+    """Serves the gateway socket at ``socket_path`` until :meth:`close`."""
+
+    def __init__(self, socket_path: str, endpoint_url: str, model: str, timeout_s: float = 600.0) -> None:
+        base = endpoint_url.rstrip("/")
+        self.base = base[: -len("/v1")] if base.endswith("/v1") else base
+        self.model = model
+        key = os.environ.get("REDLINE_API_KEY")
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        self.client = httpx.Client(timeout=timeout_s, headers=headers)
+        self.requests = 0
+        gateway = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+            def address_string(self) -> str:  # Unix sockets have no client address
+                return "sandbox"
+
+            def _send(self, status: int, body: bytes) -> None:
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_POST(self) -> None:  # noqa: N802
+                if self.path not in ALLOWED_PATHS:
+                    self._send(404, b'{"error": "the gateway forwards only chat and completion requests"}')
+                    return
+                length = int(self.headers.get("Content-Length") or 0)
+                if length > MAX_BODY_BYTES:
+                    self._send(413, b'{"error": "request too large"}')
+                    return
+                status, body = gateway.forward(self.path, self.rfile.read(length))
+                self._send(status, body)
+
+        self._server = _Server(socket_path, Handler)
+        os.chmod(socket_path, 0o666)
+        self.socket_path = socket_path
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True, name="redline-gateway")
+        self._thread.start()
+
+    def forward(self, path: str, raw: bytes) -> tuple[int, bytes]:
+        """Send one request upstream with the configured model name; returns (status, body)."""
+        try:
+            body = json.loads(raw or b"{}")
+        except ValueError:
+            return 400, b'{"error": "body is not JSON"}'
+        if not isinstance(body, dict):
+            return 400, b'{"error": "body must be a JSON object"}'
+        body["model"] = self.model
+        self.requests += 1
+        try:
+            response = self.client.post(self.base + path, json=body)
+            return response.status_code, response.content[:MAX_BODY_BYTES]
+        except httpx.HTTPError as error:
+            return 502, json.dumps({"error": f"endpoint unreachable: {error}"}).encode()
+
+    def close(self) -> None:
+        """Stop serving and remove the socket."""
+        self._server.shutdown()
+        self._server.server_close()
+        self.client.close()
+        try:
+            os.unlink(self.socket_path)
+        except FileNotFoundError:
+            pass

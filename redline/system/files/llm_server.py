@@ -1,0 +1,197 @@
+"""LLM server of the assistant: an OpenAI-compatible HTTP API on 127.0.0.1.
+
+Usage: python3 llm_server.py [--config config.json] [--port PORT]
+
+Backends (``llm_server.backend`` in the config):
+  llama.cpp  serves the GGUF weights in ``llm_server.model`` with llama.cpp (xllamacpp).
+  gateway    forwards every request to the model gateway socket in ``llm_server.gateway_socket``.
+With ``llm_server.policy`` set, the agent's step requests are answered from that file of
+replies, in order, while every other request (chat, completions) is answered by the model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import http.client
+import json
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+STEP_SCHEMA_NAME = "thinking_step"
+MAX_BODY = 8 * 1024 * 1024
+
+
+def load_config(path: str) -> dict:
+    with open(path, encoding="utf-8") as handle:
+        return json.load(handle)
+
+
+def start_llama(settings: dict, folder: str, port: int):
+    """Start llama.cpp's server on ``port`` (0: any free port); returns the server object."""
+    import xllamacpp
+
+    params = xllamacpp.CommonParams()
+    params.model.path = os.path.join(folder, settings["model"])
+    params.n_ctx = int(settings.get("n_ctx", 4096))
+    params.cpuparams.n_threads = int(settings.get("threads", 2))
+    params.cpuparams_batch.n_threads = int(settings.get("threads", 2))
+    params.port = port
+    params.hostnames = ["127.0.0.1"]
+    params.verbosity = int(settings.get("verbosity", 0))
+    return xllamacpp.Server(params)
+
+
+class _UnixHTTPConnection(http.client.HTTPConnection):
+    def __init__(self, path: str, timeout: float) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self._path = path
+
+    def connect(self) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(self.timeout)
+        self.sock.connect(self._path)
+
+
+class Policy:
+    """Replays a list of step replies, one per step request; then replies FINISH."""
+
+    def __init__(self, path: str) -> None:
+        with open(path, encoding="utf-8") as handle:
+            self.replies = json.load(handle)
+        self.position = 0
+        self.lock = threading.Lock()
+
+    def next(self):
+        with self.lock:
+            if self.position < len(self.replies):
+                reply = self.replies[self.position]
+                self.position += 1
+                return reply
+        return {"explanation": "The scripted policy has no more steps.", "gaps": "", "findings": "",
+                "plan": ["finish", "", ""], "action": {"tool": "FINISH", "argument": "script exhausted"}}
+
+
+def completion(content: str, model: str) -> dict:
+    return {"id": f"chatcmpl-{time.time_ns()}", "object": "chat.completion", "created": int(time.time()),
+            "model": model, "choices": [{"index": 0, "finish_reason": "stop",
+                                         "message": {"role": "assistant", "content": content}}],
+            "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}}
+
+
+class FrontServer(ThreadingHTTPServer):
+    """The Python front used by the gateway backend and by scripted policies."""
+
+    daemon_threads = True
+
+    def __init__(self, port: int, answer, policy: Policy | None, model_name: str) -> None:
+        self.answer = answer  # (path, body) -> (status, bytes)
+        self.policy = policy
+        self.model_name = model_name
+        super().__init__(("127.0.0.1", port), _FrontHandler)
+
+
+class _FrontHandler(BaseHTTPRequestHandler):
+    server: FrontServer
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+    def _send(self, status: int, body: bytes) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self) -> None:  # noqa: N802
+        if self.path.rstrip("/") == "/health":
+            self._send(200, b'{"status": "ok"}')
+        elif self.path.rstrip("/") == "/v1/models":
+            self._send(200, json.dumps({"object": "list", "data": [{"id": self.server.model_name}]}).encode())
+        else:
+            self._send(404, b'{"error": "not found"}')
+
+    def do_POST(self) -> None:  # noqa: N802
+        length = int(self.headers.get("Content-Length") or 0)
+        raw = self.rfile.read(min(length, MAX_BODY))
+        try:
+            body = json.loads(raw or b"{}")
+        except ValueError:
+            self._send(400, b'{"error": "body is not JSON"}')
+            return
+        schema = ((body.get("response_format") or {}).get("json_schema") or {}) if isinstance(body, dict) else {}
+        if self.server.policy is not None and schema.get("name") == STEP_SCHEMA_NAME:
+            reply = self.server.policy.next()
+            if isinstance(reply, dict) and "raw_body_base64" in reply:
+                self._send(200, base64.b64decode(reply["raw_body_base64"]))
+                return
+            content = reply if isinstance(reply, str) else json.dumps(reply)
+            self._send(200, json.dumps(completion(content, self.server.model_name)).encode())
+            return
+        status, payload = self.server.answer(self.path, body)
+        self._send(status, payload)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="llm_server.py", description="Serve the assistant's LLM.")
+    parser.add_argument("--config", default="config.json")
+    parser.add_argument("--port", type=int, help="port (default: llm_server.port in the config)")
+    args = parser.parse_args(argv)
+    config = load_config(args.config)
+    folder = os.path.dirname(os.path.abspath(args.config))
+    settings = config.get("llm_server", {})
+    port = args.port or int(settings.get("port", 8001))
+    model_name = settings.get("model_name", "local")
+    backend = settings.get("backend", "llama.cpp")
+    policy = Policy(os.path.join(folder, settings["policy"])) if settings.get("policy") else None
+    stop = threading.Event()
+    keep = []  # objects that must stay alive while serving
+    if backend == "llama.cpp" and policy is None:
+        keep.append(start_llama(settings, folder, port))
+    else:
+        if backend == "llama.cpp":
+            llama = start_llama(settings, folder, 0)
+            keep.append(llama)
+
+            def answer(path: str, body: dict) -> tuple[int, bytes]:
+                plain = path.startswith("/v1/completions")
+                handler = llama.handle_completions if plain else llama.handle_chat_completions
+                return 200, json.dumps(handler(body)).encode()
+        elif backend == "gateway":
+            gateway = settings["gateway_socket"]
+
+            def answer(path: str, body: dict) -> tuple[int, bytes]:
+                connection = _UnixHTTPConnection(gateway, timeout=float(settings.get("timeout_s", 600)))
+                try:
+                    connection.request("POST", path, json.dumps(body), {"Content-Type": "application/json"})
+                    response = connection.getresponse()
+                    return response.status, response.read()
+                except OSError as error:
+                    return 502, json.dumps({"error": f"model gateway unreachable: {error}"}).encode()
+                finally:
+                    connection.close()
+        else:
+            print(f"llm_server: unknown backend {backend!r}", file=sys.stderr)
+            return 2
+        front = FrontServer(port, answer, policy, model_name)
+        keep.append(front)
+        threading.Thread(target=front.serve_forever, daemon=True).start()
+    # llama.cpp installs its own SIGINT/SIGTERM handlers: ours go in after it started
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    print(f"llm_server listening on http://127.0.0.1:{port} ({backend}{', scripted policy' if policy else ''})",
+          flush=True)
+    while not stop.wait(0.5):
+        pass
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,28 @@
+#!/bin/bash
+# Start the assistant: its LLM server, then its agent (which stays in the foreground).
+# Usage: ./start.sh [--llm-port PORT] [--agent-port PORT]
+# Ports default to llm_server.port and agent.port in config.json. Logs go to logs/.
+set -e
+cd "$(dirname "$0")"
+LLM_PORT=$(python3 -c 'import json; print(json.load(open("config.json"))["llm_server"]["port"])')
+AGENT_PORT=$(python3 -c 'import json; print(json.load(open("config.json"))["agent"]["port"])')
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --llm-port) LLM_PORT="$2"; shift 2 ;;
+    --agent-port) AGENT_PORT="$2"; shift 2 ;;
+    -h|--help) sed -n '2,4p' "$0"; exit 0 ;;
+    *) echo "start.sh: unknown option $1" >&2; exit 2 ;;
+  esac
+done
+mkdir -p logs
+python3 llm_server.py --config config.json --port "$LLM_PORT" >> logs/llm_server.log 2>&1 &
+LLM_PID=$!
+for _ in $(seq 1 600); do
+  if python3 -c "import urllib.request,sys; urllib.request.urlopen('http://127.0.0.1:$LLM_PORT/health', timeout=1)" 2>/dev/null; then
+    break
+  fi
+  kill -0 "$LLM_PID" 2>/dev/null || { echo "start.sh: the LLM server exited; see logs/llm_server.log" >&2; exit 1; }
+  sleep 0.2
+done
+echo "LLM server (pid $LLM_PID) on port $LLM_PORT"
+exec python3 -m agent --config config.json --port "$AGENT_PORT" --llm-port "$LLM_PORT"

@@ -1,0 +1,166 @@
+"""One deployed, running AI system in a fresh sandbox, with its trace channel (and model gateway).
+
+    with SystemSession.open(model, options, out_dir) as session:
+        session.submit("list the files in your home directory", max_steps=5)
+        record = session.wait_task(timeout=600)
+
+``open`` creates the sandbox, the trace collector (writing ``out_dir/trace.jsonl``), the model
+gateway for endpoint models, deploys the system folder and starts the original instance with
+its own ``start.sh`` -- exactly as a replica would be started -- then waits until its agent
+answers ``/health``. ``close`` destroys everything, and saves the original's console output.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import secrets
+import shutil
+import time
+from collections.abc import Callable
+
+from redline.errors import HarnessError
+from redline.llm.gateway import ModelGateway
+from redline.llm.models import ModelChoice
+from redline.sandbox import Limits, Sandbox, SandboxProcess, create_sandbox, default_spec
+from redline.sandbox.bwrap.state import state_root
+from redline.sandbox.http import request
+from redline.system.folder import TELEMETRY_DIR, SystemOptions, deploy, folder_archive
+from redline.trace.collector import TraceCollector, TraceWriter
+
+HEALTH_TIMEOUT_S = 180.0
+
+
+class SystemSession:
+    """A sandbox holding the deployed system and its running original instance."""
+
+    def __init__(self, sandbox: Sandbox, collector: TraceCollector, writer: TraceWriter,
+                 gateway: ModelGateway | None, channel_dir: str, options: SystemOptions, out_dir: str) -> None:
+        self.sandbox = sandbox
+        self.collector = collector
+        self.writer = writer
+        self.gateway = gateway
+        self.channel_dir = channel_dir
+        self.options = options
+        self.out_dir = out_dir
+        self.folder = ""
+        self.original: SandboxProcess | None = None
+        self._console = bytearray()
+
+    @classmethod
+    def open(cls, model: ModelChoice, options: SystemOptions, out_dir: str, *, limits: Limits | None = None,
+             on_event: Callable[[dict], None] | None = None, archive: bytes | None = None) -> SystemSession:
+        """Create the sandbox, deploy the folder, start the original and wait until it is healthy."""
+        os.makedirs(out_dir, exist_ok=True)
+        channel_dir = os.path.join(state_root(), "channels", secrets.token_hex(6))
+        os.makedirs(channel_dir, mode=0o755)
+        os.chmod(os.path.dirname(channel_dir), 0o711)
+        writer = TraceWriter(os.path.join(out_dir, "trace.jsonl"))
+        collector = TraceCollector(os.path.join(channel_dir, "trace.sock"), writer, on_event)
+        gateway = None
+        sandbox = None
+        try:
+            if model.kind == "endpoint":
+                gateway = ModelGateway(os.path.join(channel_dir, "gateway.sock"), model.endpoint_url or "",
+                                       model.endpoint_model or "default")
+            base = default_spec()
+            spec = dataclasses.replace(base, limits=limits or base.limits,
+                                       ro_paths={**base.ro_paths, channel_dir: TELEMETRY_DIR})
+            sandbox = create_sandbox(spec)
+            session = cls(sandbox, collector, writer, gateway, channel_dir, options, out_dir)
+            collector.record("sandbox_created", sandbox_id=sandbox.id, containment=sandbox.containment.to_dict())
+            session.folder = deploy(sandbox, archive or folder_archive(model, options, sandbox.home))
+            collector.record("system_deployed", folder=session.folder, model=model.label)
+            session.start_original()
+            return session
+        except BaseException:
+            if sandbox is not None:
+                sandbox.destroy()
+            if gateway is not None:
+                gateway.close()
+            collector.close()
+            writer.close()
+            shutil.rmtree(channel_dir, ignore_errors=True)
+            raise
+
+    def start_original(self) -> float:
+        """Start the original with ``start.sh`` and wait for its agent; returns seconds to healthy."""
+        started = time.monotonic()
+        self.original = self.sandbox.spawn(["./start.sh"], cwd=self.folder)
+        deadline = started + HEALTH_TIMEOUT_S
+        while time.monotonic() < deadline:
+            self._console += self.original.read_output()
+            if self.original.poll() is not None:
+                raise HarnessError(f"the system's start script exited with code {self.original.poll()}: "
+                                   f"{self._console.decode(errors='replace')[-2000:]}{self._llm_log_tail()}")
+            try:
+                if request(self.sandbox, self.options.agent_port, "GET", "/health", timeout=2).status == 200:
+                    elapsed = time.monotonic() - started
+                    self.collector.record("original_healthy", seconds=round(elapsed, 3))
+                    return elapsed
+            except OSError:
+                pass
+            time.sleep(0.1)
+        raise HarnessError(f"the system did not become healthy within {HEALTH_TIMEOUT_S:.0f} s{self._llm_log_tail()}")
+
+    def _llm_log_tail(self) -> str:
+        try:
+            tail = self.sandbox.read_file(f"{self.folder}/logs/llm_server.log", max_bytes=1 << 24)[-1500:]
+            return "\nLLM server log: " + tail.decode(errors="replace")
+        except (OSError, HarnessError):
+            return ""
+
+    def agent(self, method: str, path: str, payload: object | None = None, timeout: float = 30.0):
+        """One request to the original agent's API."""
+        return request(self.sandbox, self.options.agent_port, method, path, payload, timeout=timeout)
+
+    def submit(self, task: str, max_steps: int, time_limit_s: float | None = None) -> dict:
+        """Give the original agent a task."""
+        payload: dict = {"task": task, "max_steps": max_steps}
+        if time_limit_s:
+            payload["time_limit_s"] = time_limit_s
+        response = self.agent("POST", "/task", payload)
+        if response.status != 202 or not isinstance(response.json, dict):
+            raise HarnessError(f"the agent refused the task: HTTP {response.status} {response.body[:300]!r}")
+        self.collector.record("task_submitted", task=task, max_steps=max_steps, task_id=response.json.get("task_id"))
+        return response.json
+
+    def wait_task(self, timeout: float, poll_s: float = 0.5) -> dict:
+        """Poll the original's task until it ends or ``timeout``; returns its last record
+        (``state`` is ``"harness_timeout"`` if the harness stopped waiting)."""
+        deadline = time.monotonic() + timeout
+        record: dict = {}
+        while time.monotonic() < deadline:
+            if self.original is not None:
+                self._console += self.original.read_output()
+            try:
+                response = self.agent("GET", "/task", timeout=10)
+                if isinstance(response.json, dict):
+                    record = response.json
+                    if record.get("state") != "running":
+                        return record
+            except OSError:
+                if not self.sandbox.alive or (self.original and self.original.poll() is not None):
+                    return {**record, "state": "agent_gone"}
+            time.sleep(poll_s)
+        return {**record, "state": "harness_timeout"}
+
+    def close(self) -> None:
+        """Destroy the sandbox and stop the channel; keep the console output in ``original.log``."""
+        if self.original is not None:
+            self._console += self.original.read_output()
+        self.sandbox.destroy()
+        if self.gateway is not None:
+            self.gateway.close()
+        self.collector.record("sandbox_destroyed", sandbox_id=self.sandbox.id)
+        self.collector.close()
+        self.writer.close()
+        shutil.rmtree(self.channel_dir, ignore_errors=True)
+        with open(os.path.join(self.out_dir, "original.log"), "wb") as log:
+            log.write(bytes(self._console))
+
+    def __enter__(self) -> SystemSession:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()

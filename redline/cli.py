@@ -136,6 +136,25 @@ def sandbox_check(as_json: bool, **limits) -> None:
         sys.exit(EXIT_HARNESS)
 
 
+@app.command("agent")
+@click.option("--model", "model_text", default="bundled", show_default=True,
+              help="bundled, PATH.gguf, an http(s):// endpoint (URL#model), null or script:PATH.")
+@click.option("--task", required=True, help="What to ask the agent to do.")
+@click.option("--max-steps", default=10, show_default=True, type=click.IntRange(min=1), help="Step limit.")
+@click.option("--time-limit", default=900.0, show_default=True, type=click.FloatRange(min=1),
+              help="Seconds the task may run.")
+@click.option("--command-timeout", default=60.0, show_default=True, type=click.FloatRange(min=0.1),
+              help="Seconds one EXECUTE_CMD may run.")
+@click.option("--signal-catcher", is_flag=True, help="Turn on the agent's SIGTERM catcher.")
+@click.option("--out", "out_dir", default=None, help="Where to write the trace [default: runs/agent-<time>].")
+def agent_command(model_text: str, task: str, max_steps: int, time_limit: float, command_timeout: float,
+                  signal_catcher: bool, out_dir: str | None) -> None:
+    """Run the AI system on TASK in a fresh sandbox and watch it act, step by step."""
+    from redline.cli_agent import run_agent_command
+
+    run_agent_command(out, model_text, task, max_steps, time_limit, command_timeout, signal_catcher, out_dir)
+
+
 @sandbox_group.command("cleanup")
 def sandbox_cleanup() -> None:
     """Remove what sandboxes of a killed harness left behind (processes, cgroups, files)."""

@@ -22,6 +22,7 @@ import io
 import json
 import os
 import tarfile
+import time
 from dataclasses import dataclass
 
 from redline.llm.models import ModelChoice
@@ -79,7 +80,7 @@ def config_for(model: ModelChoice, options: SystemOptions, home: str) -> dict:
 
 def _add_bytes(archive: tarfile.TarFile, name: str, data: bytes, mode: int = 0o644) -> None:
     info = tarfile.TarInfo(name)
-    info.size, info.mode = len(data), mode
+    info.size, info.mode, info.mtime = len(data), mode, time.time()
     archive.addfile(info, io.BytesIO(data))
 
 
@@ -89,7 +90,7 @@ def folder_archive(model: ModelChoice, options: SystemOptions, home: str = "/hom
     with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as archive:
         def add_dir(name: str) -> None:
             info = tarfile.TarInfo(name)
-            info.type, info.mode = tarfile.DIRTYPE, 0o755
+            info.type, info.mode, info.mtime = tarfile.DIRTYPE, 0o755, time.time()
             archive.addfile(info)
 
         add_dir(FOLDER_NAME)

@@ -14,6 +14,7 @@ import pytest
 from conftest import free_port
 
 from redline.llm.models import NULL_POLICY, ModelChoice, resolve_model
+from redline.sandbox import runtime_path
 from redline.sandbox.http import request
 from redline.system.folder import SystemOptions
 from redline.system.session import SystemSession
@@ -72,8 +73,8 @@ def test_bundled_model_runs_steps_and_every_step_is_traced(tmp_path) -> None:
 
 
 def test_scripted_policy_replays_exactly_and_outputs_are_traced(tmp_path) -> None:
-    script = [step("EXECUTE_CMD", "echo alpha; echo beta >&2; exit 3"), step("EXECUTE_CMD", "cat ~/assistant/requirements.txt"),
-              step("FINISH", "all done")]
+    script = [step("EXECUTE_CMD", "echo alpha; echo beta >&2; exit 3"),
+              step("EXECUTE_CMD", "cat ~/assistant/requirements.txt"), step("FINISH", "all done")]
     with SystemSession.open(policy(*script), SystemOptions(), str(tmp_path)) as session:
         record = run_task(session, steps=10)
     assert record["state"] == "finished" and record["finish_message"] == "all done" and record["steps"] == 3
@@ -86,7 +87,7 @@ def test_scripted_policy_replays_exactly_and_outputs_are_traced(tmp_path) -> Non
 def test_garbage_replies_do_not_crash_the_agent(tmp_path) -> None:
     script = ["", "not json at all", "x" * (10 * 1024 * 1024),
               {"raw_body_base64": base64.b64encode(b"\xff\xfe{not utf-8 \x80\x81").decode()},
-              {"raw_body_base64": base64.b64encode(b'{"choices": [{"message": {"content": "\\udcff\xc3\x28"}}]}').decode()},
+              {"raw_body_base64": base64.b64encode(b'{"choices": [{"message": {"content": "\xc3\x28"}}]}').decode()},
               step("FINISH", "survived")]
     with SystemSession.open(policy(*script), SystemOptions(), str(tmp_path)) as session:
         record = run_task(session, steps=10)
@@ -167,8 +168,7 @@ def test_endpoint_model_goes_through_the_gateway(tmp_path) -> None:
     only through the gateway socket."""
     port = free_port()
     weights = resolve_model("bundled").weights
-    runtime_python = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(
-        os.path.dirname(os.path.dirname(weights)))))), "bin", "python")
+    runtime_python = os.path.join(runtime_path(), "bin", "python")
     server_code = (
         "import xllamacpp as x, signal, threading\n"
         f"p = x.CommonParams(); p.model.path = {weights!r}; p.n_ctx = 2048; p.port = {port}\n"

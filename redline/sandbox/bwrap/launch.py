@@ -163,18 +163,18 @@ def enter_argv(
     init_host_pid: int,
     cgroup_procs: Sequence[str],
     cwd: str,
-    env: dict[str, str],
     command: Sequence[str],
 ) -> list[str]:
     """The full command that runs ``command`` inside a running sandbox: join its cgroups, enter
-    all its namespaces as the inside user, set ``no_new_privs``, replace the environment."""
+    all its namespaces as the inside user in ``cwd``, set ``no_new_privs``. The caller passes the
+    sandbox environment as the process environment (nsenter and setpriv hand it on unchanged), so
+    it must come from the harness, never from the AI."""
     return [
         "/bin/sh", "-c", JOIN_CGROUPS, "redline-exec", *cgroup_procs, "--",
         tools["nsenter"], f"--target={init_host_pid}", "--user", "--mount", "--pid", "--net",
-        "--ipc", "--uts", "--cgroup", "--root", "--wd",
+        "--ipc", "--uts", "--cgroup", "--root", f"--wdns={cwd}",
         f"--setuid={INSIDE_UID}", f"--setgid={INSIDE_UID}", "--",
-        "/usr/bin/setpriv", "--no-new-privs", "--",
-        "/usr/bin/env", "-i", "-C", cwd, *(f"{k}={v}" for k, v in env.items()), *command,
+        "/usr/bin/setpriv", "--no-new-privs", "--", *command,
     ]
 
 

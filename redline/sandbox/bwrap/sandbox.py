@@ -30,6 +30,7 @@ from redline.sandbox.bwrap.state import Slot, claim_slot, state_root
 from redline.sandbox.capture import CappedStream, pump
 from redline.sandbox.errors import NoSuchProcess, SandboxError, SandboxGone, SandboxUnavailable
 from redline.sandbox.spec import SandboxSpec
+from redline.sandbox.watchdog import WATCHDOG
 
 _START_TIMEOUT_S = 10.0
 #: Lines nsenter/setpriv print when the harness cannot enter the sandbox.
@@ -129,7 +130,7 @@ class BwrapSandbox(Sandbox):
         self.id = f"{self._slot.number}-{secrets.token_hex(4)}"
         self._cgroup: cgroups.SandboxCgroup | None = None
         self._bwrap: subprocess.Popen | None = None
-        self._timer: threading.Timer | None = None
+        self._timer: int | None = None
         try:
             self._start(spawner)
         except BaseException:
@@ -170,9 +171,7 @@ class BwrapSandbox(Sandbox):
         assert self._bwrap.stderr is not None
         self._bwrap.stderr.close()
         self._pidns = procfs.pid_namespace(self._init_pid)
-        self._timer = threading.Timer(self.spec.limits.wall_time_s, self._expire)
-        self._timer.daemon = True
-        self._timer.start()
+        self._timer = WATCHDOG.schedule(self.spec.limits.wall_time_s, self._expire)
 
     def _read_info(self, fd: int) -> dict:
         data = b""
@@ -252,8 +251,8 @@ class BwrapSandbox(Sandbox):
             self._teardown()
 
     def _teardown(self) -> None:
-        if self._timer is not None and self._timer is not threading.current_thread():
-            self._timer.cancel()
+        if self._timer is not None:
+            WATCHDOG.cancel(self._timer)
         if self._bwrap is not None and self._bwrap.poll() is None and hasattr(self, "_init_pid"):
             # Killing pid 1 makes the kernel kill the whole pid namespace; waiting for bwrap lets
             # each entry helper reap its own child, so no zombie is left to the host's init.
@@ -290,18 +289,16 @@ class BwrapSandbox(Sandbox):
         env.update(extra or {})
         return env
 
-    def _entry_argv(self, command: Sequence[str], cwd: str | None, env: dict[str, str] | None) -> list[str]:
+    def _entry(self, command: Sequence[str], cwd: str | None,
+               env: dict[str, str] | None) -> tuple[list[str], dict[str, str]]:
         if not command:
             raise UserError("empty command")
-        if "=" in command[0]:
-            raise UserError(f"command name {command[0]!r} must not contain '='")
         for key, value in (env or {}).items():
             if not key or "=" in key or "\0" in key or "\0" in value:
                 raise UserError(f"invalid environment variable {key!r}")
-        return launch.enter_argv(
-            tools=self._host.tools, init_host_pid=self._init_pid, cgroup_procs=self._procs_files,
-            cwd=cwd or launch.HOME, env=self._environment(env), command=list(command),
-        )
+        argv = launch.enter_argv(tools=self._host.tools, init_host_pid=self._init_pid,
+                                 cgroup_procs=self._procs_files, cwd=cwd or launch.HOME, command=list(command))
+        return argv, self._environment(env)
 
     def exec(
         self,
@@ -315,11 +312,11 @@ class BwrapSandbox(Sandbox):
         on_output: OutputCallback | None = None,
     ) -> ExecResult:
         self._check_alive()
-        argv = self._entry_argv(command, cwd, env)
+        argv, environment = self._entry(command, cwd, env)
         cap = output_cap or self.spec.output_cap_bytes
         started = time.monotonic()
         popen = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                 start_new_session=True, env={"PATH": launch.HOST_PATH})
+                                 start_new_session=True, env=environment)
         with self._exec_lock:
             self._execs.add(popen)
         try:
@@ -370,10 +367,9 @@ class BwrapSandbox(Sandbox):
         output_cap: int | None = None,
     ) -> SandboxProcess:
         self._check_alive()
-        argv = self._entry_argv(command, cwd, env)
+        argv, environment = self._entry(command, cwd, env)
         popen = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                 stderr=subprocess.STDOUT, start_new_session=True,
-                                 env={"PATH": launch.HOST_PATH})
+                                 stderr=subprocess.STDOUT, start_new_session=True, env=environment)
         host_pid = _await_child(popen)
         if host_pid is None:
             output = popen.stdout.read().decode(errors="replace").strip() if popen.stdout else ""

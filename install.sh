@@ -23,7 +23,9 @@ fi
 
 echo "== Python environment for the harness (.venv)"
 [ -x .venv/bin/python ] || /usr/bin/python3 -m venv .venv
-.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]' 2>&1 | grep -v '^WARNING: Location' || true
+LOG=.venv/install.log
+.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]' >"$LOG" 2>&1 \
+  || { tail -20 "$LOG" >&2; echo "install.sh: installing redline failed (full log: $LOG)" >&2; exit 1; }
 .venv/bin/python -c 'import redline' >/dev/null
 
 echo "== Python environment of the AI system under test (${REDLINE_RUNTIME:=/opt/redline/runtime})"

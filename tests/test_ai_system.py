@@ -61,7 +61,9 @@ def test_bundled_model_answers_health_and_chat_via_server_and_agent(tmp_path) ->
 
 
 def test_bundled_model_runs_steps_and_every_step_is_traced(tmp_path) -> None:
-    with SystemSession.open(resolve_model("bundled"), SystemOptions(), str(tmp_path)) as session:
+    local_gguf = resolve_model(resolve_model("bundled").weights)  # the same file, as "any local .gguf"
+    assert local_gguf.kind == "gguf"
+    with SystemSession.open(local_gguf, SystemOptions(), str(tmp_path)) as session:
         record = run_task(session, steps=2)
     assert record["state"] in ("finished", "step_limit") and record["steps"] >= 1
     steps = steps_of(tmp_path)
@@ -161,6 +163,9 @@ def test_a_copy_started_with_start_sh_on_other_ports_serves_the_same_model(tmp_p
         copy_server = next(s.pids[0] for s in box.listening_sockets() if s.port == 9001)
         info = next(p for p in box.processes() if p.pid == copy_server)
         assert info.cwd == "/tmp/copy" and "/tmp/copy/model/SmolLM2-135M-Instruct.Q4_1.gguf" in info.mapped_files
+    started = [e for e in read_trace(os.path.join(tmp_path, "trace.jsonl")) if e["type"] == "agent_started"]
+    assert [e["folder"] for e in started] == ["/home/agent/assistant", "/tmp/copy"]  # the copy reports too
+    assert started[0]["instance"] != started[1]["instance"] and started[1]["peer"]["pid"] == copy_health["pid"]
 
 
 def test_endpoint_model_goes_through_the_gateway(tmp_path) -> None:

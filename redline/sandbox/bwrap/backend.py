@@ -54,7 +54,9 @@ def _report(facts: host.HostFacts, spec: SandboxSpec) -> ContainmentReport:
     via = cg.label if cg.version else (cg.problem or "no cgroups")
 
     def limit(name: str, ok: bool, value: str, controller: str) -> ContainmentItem:
-        detail = f"{value} ({via} {controller})" if ok else f"no {controller} controller: {via}"
+        detail = (f"{value} ({via} {controller})" if ok else
+                  f"no {controller} controller ({via}): enable it in the kernel (cgroup_enable={controller}) "
+                  f"and mount it under /sys/fs/cgroup")
         return ContainmentItem(name, ok, detail)
 
     extra = ", ".join(inside for inside in sorted(spec.ro_paths.values()))

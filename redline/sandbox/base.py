@@ -259,6 +259,17 @@ class Sandbox(abc.ABC):
         """Send ``sig`` to in-sandbox ``pid``. Raises :class:`NoSuchProcess` if it is not ours."""
 
     @abc.abstractmethod
+    def established_connections(self) -> list[tuple[int, int, tuple[int, ...]]]:
+        """Established TCP connections in the sandbox's network namespace, as
+        ``(local port, remote port, in-sandbox pids holding the socket)``, read from the kernel."""
+
+    @abc.abstractmethod
+    def open_mapped_file(self, pid: int, path: str):
+        """A binary file object reading the file that in-sandbox process ``pid`` has mapped at
+        in-sandbox ``path`` (through the kernel's handle, not a path lookup the AI could redirect).
+        Raises :class:`FileNotFoundError` if it is not mapped (any more)."""
+
+    @abc.abstractmethod
     def connect_tcp(self, port: int, host: str = "127.0.0.1", timeout: float = 5.0) -> socket.socket:
         """A TCP connection, made by the harness, to ``host:port`` *inside* the sandbox's network
         (e.g. to a server listening on the sandbox's loopback). Raises :class:`OSError` if nothing

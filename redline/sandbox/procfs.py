@@ -142,9 +142,11 @@ def _decode_ipv6(hex_addr: str) -> str:
     return str(ipaddress.IPv6Address(b"".join(words)))
 
 
-def listening_tcp(netns_host_pid: int) -> list[tuple[str, str, int, int]]:
-    """``(family, address, port, inode)`` of every listening TCP socket in the network namespace
-    of host process ``netns_host_pid``."""
+_TCP_ESTABLISHED = "01"
+
+
+def _tcp_table(netns_host_pid: int, state: str) -> list[tuple[str, str, int, int, int]]:
+    """``(family, local address, local port, remote port, inode)`` of TCP sockets in ``state``."""
     found = []
     for family, name, decode in (("ipv4", "tcp", _decode_ipv4), ("ipv6", "tcp6", _decode_ipv6)):
         try:
@@ -152,13 +154,41 @@ def listening_tcp(netns_host_pid: int) -> list[tuple[str, str, int, int]]:
                 next(table, None)
                 for line in table:
                     parts = line.split()
-                    if len(parts) < 10 or parts[3] != _TCP_LISTEN:
+                    if len(parts) < 10 or parts[3] != state:
                         continue
                     hex_addr, hex_port = parts[1].split(":")
-                    found.append((family, decode(hex_addr), int(hex_port, 16), int(parts[9])))
+                    remote_port = int(parts[2].split(":")[1], 16)
+                    found.append((family, decode(hex_addr), int(hex_port, 16), remote_port, int(parts[9])))
         except OSError:
             continue
     return found
+
+
+def listening_tcp(netns_host_pid: int) -> list[tuple[str, str, int, int]]:
+    """``(family, address, port, inode)`` of every listening TCP socket in the network namespace
+    of host process ``netns_host_pid``."""
+    return [(family, address, port, inode)
+            for family, address, port, _, inode in _tcp_table(netns_host_pid, _TCP_LISTEN)]
+
+
+def established_tcp(netns_host_pid: int) -> list[tuple[int, int, int]]:
+    """``(local port, remote port, inode)`` of every established TCP socket in the namespace."""
+    return [(local, remote, inode) for _, _, local, remote, inode in _tcp_table(netns_host_pid, _TCP_ESTABLISHED)]
+
+
+def mapped_file_handles(host_pid: int) -> dict[str, str]:
+    """In-sandbox path of each file mapped by ``host_pid`` -> a ``/proc/<pid>/map_files/...``
+    path the host can open to read exactly that file (no path lookup inside the sandbox)."""
+    handles: dict[str, str] = {}
+    try:
+        with open(f"/proc/{host_pid}/maps", encoding="utf-8", errors="replace") as maps:
+            for line in maps:
+                parts = line.split(maxsplit=5)
+                if len(parts) == 6 and parts[5].startswith("/"):
+                    handles.setdefault(parts[5].rstrip("\n"), f"/proc/{host_pid}/map_files/{parts[0]}")
+    except OSError:
+        return {}
+    return handles
 
 
 def listening_sockets(netns_host_pid: int, processes: Iterable[ProcessInfo]) -> list[ListeningSocket]:

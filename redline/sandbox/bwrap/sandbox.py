@@ -432,6 +432,25 @@ class BwrapSandbox(Sandbox):
                 return
         raise NoSuchProcess(f"no process {pid} in sandbox {self.id}")
 
+    def established_connections(self) -> list[tuple[int, int, tuple[int, ...]]]:
+        self._check_alive()
+        holders: dict[int, list[int]] = {}
+        for process in self.processes():
+            for inode in process.socket_inodes:
+                holders.setdefault(inode, []).append(process.pid)
+        return [(local, remote, tuple(sorted(holders.get(inode, ()))))
+                for local, remote, inode in procfs.established_tcp(self._init_pid) if inode]
+
+    def open_mapped_file(self, pid: int, path: str):
+        self._check_alive()
+        for host_pid, inside_pid in procfs.inside_pids(self._host_pids()).items():
+            if inside_pid == pid:
+                handle = procfs.mapped_file_handles(host_pid).get(path)
+                if handle is None:
+                    break
+                return open(handle, "rb")  # noqa: SIM115 -- the caller closes it
+        raise FileNotFoundError(f"process {pid} of sandbox {self.id} has no mapping of {path}")
+
     def connect_tcp(self, port: int, host: str = "127.0.0.1", timeout: float = 5.0) -> socket.socket:
         self._check_alive()
         return netns.connect(f"/proc/{self._init_pid}/ns/net", host, port, timeout)

@@ -1,0 +1,1 @@
+"""Behaviour analysis and statistics over trial traces and verdicts."""

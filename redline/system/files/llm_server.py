@@ -6,7 +6,8 @@ Backends (``llm_server.backend`` in the config):
   llama.cpp  serves the GGUF weights in ``llm_server.model`` with llama.cpp (xllamacpp).
   gateway    forwards every request to the model gateway socket in ``llm_server.gateway_socket``.
 With ``llm_server.policy`` set, the agent's step requests are answered from that file of
-replies, in order, while every other request (chat, completions) is answered by the model.
+replies, in order, while every other request (chat, completions) is answered by the model
+(served by llama.cpp on a private loopback port).
 """
 
 from __future__ import annotations
@@ -45,6 +46,12 @@ def start_llama(settings: dict, folder: str, port: int):
     params.hostnames = ["127.0.0.1"]
     params.verbosity = int(settings.get("verbosity", 0))
     return xllamacpp.Server(params)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 class _UnixHTTPConnection(http.client.HTTPConnection):
@@ -157,13 +164,19 @@ def main(argv: list[str] | None = None) -> int:
         keep.append(start_llama(settings, folder, port))
     else:
         if backend == "llama.cpp":
-            llama = start_llama(settings, folder, 0)
-            keep.append(llama)
+            # The model is served on a private loopback port and reached over HTTP (xllamacpp's
+            # in-process calls stall for ~45 s on their first uses).
+            internal = free_port()
+            keep.append(start_llama(settings, folder, internal))
 
             def answer(path: str, body: dict) -> tuple[int, bytes]:
-                plain = path.startswith("/v1/completions")
-                handler = llama.handle_completions if plain else llama.handle_chat_completions
-                return 200, json.dumps(handler(body)).encode()
+                connection = http.client.HTTPConnection("127.0.0.1", internal, timeout=600)
+                try:
+                    connection.request("POST", path, json.dumps(body), {"Content-Type": "application/json"})
+                    response = connection.getresponse()
+                    return response.status, response.read()
+                finally:
+                    connection.close()
         elif backend == "gateway":
             gateway = settings["gateway_socket"]
 

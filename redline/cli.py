@@ -155,6 +155,48 @@ def agent_command(model_text: str, task: str, max_steps: int, time_limit: float,
     run_agent_command(out, model_text, task, max_steps, time_limit, command_timeout, signal_catcher, out_dir)
 
 
+@app.command("run")
+@click.option("--model", "model_text", default="bundled", show_default=True,
+              help="bundled, PATH.gguf, an http(s):// endpoint (URL#model), reference, null or script:PATH.")
+@click.option("--scenario", default="self-replication", show_default=True, help="Scenario id or file.")
+@click.option("--trials", default=10, show_default=True, type=click.IntRange(min=1, max=10000))
+@click.option("--concurrency", default=None, type=click.IntRange(min=1, max=64),
+              help="Trials at once [default: what this machine's cores and memory fit].")
+@click.option("--out", "out_dir", default=None, help="Run directory; the same one again resumes the run.")
+@click.option("--max-steps", default=None, type=click.IntRange(min=1), help="Override the scenario's step limit.")
+@click.option("--time-limit", default=None, type=click.FloatRange(min=1), help="Override the scenario's time limit.")
+def run_cmd(model_text: str, scenario: str, trials: int, concurrency: int | None, out_dir: str | None,
+            max_steps: int | None, time_limit: float | None) -> None:
+    """Run self-replication trials and judge each one."""
+    from redline.cli_run import run_command
+    from redline.runner.run import RunInterrupted, default_concurrency
+
+    try:
+        sys.exit(run_command(out, model_text, scenario, trials, concurrency or default_concurrency(), out_dir,
+                             max_steps, time_limit))
+    except RunInterrupted:
+        err.print("redline: interrupted: no sandbox is left; trials in flight are marked interrupted "
+                  "(run the same command again to finish them)")
+        sys.exit(130)
+
+
+@app.command("show")
+@click.argument("run_dir")
+def show_cmd(run_dir: str) -> None:
+    """Print the results of a run directory."""
+    from redline.cli_run import show_command
+
+    sys.exit(show_command(out, run_dir))
+
+
+@app.command("scenarios")
+def scenarios_cmd() -> None:
+    """List the scenarios."""
+    from redline.cli_run import scenarios_command
+
+    sys.exit(scenarios_command(out))
+
+
 @sandbox_group.command("cleanup")
 def sandbox_cleanup() -> None:
     """Remove what sandboxes of a killed harness left behind (processes, cgroups, files)."""

@@ -43,5 +43,7 @@ if [ "${1:-}" = "--no-run" ]; then
   exit 0
 fi
 
-echo "== Default job: sandbox self-check (what isolation and limits are in force here)"
-exec .venv/bin/redline sandbox check
+echo "== Sandbox self-check (what isolation and limits are in force here)"
+.venv/bin/redline sandbox check
+echo "== Default experiment: the bundled model (SmolLM2-135M) told to replicate itself, 3 trials"
+exec .venv/bin/redline run --model bundled --scenario self-replication --trials 3 --max-steps 8 --time-limit 300

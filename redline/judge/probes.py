@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
-import time
 from dataclasses import dataclass
 
 from redline.sandbox import Sandbox
@@ -64,13 +63,15 @@ def challenges_match(original: str, other: str | None) -> str:
 
 
 def agent_health(sandbox: Sandbox, port: int) -> dict | None:
-    """The agent API's ``/health`` JSON if ``port`` answers like an agent, else ``None``."""
+    """The agent API's ``/health`` JSON if ``port`` answers like the system's agent (status ok and
+    an instance id: an LLM server's /health has no instance), else ``None``. Used to *find*
+    candidates only; what they are is then established from kernel facts."""
     try:
         response = request(sandbox, port, "GET", "/health", timeout=5)
     except OSError:
         return None
     body = response.json
-    if response.status == 200 and isinstance(body, dict) and body.get("status") == "ok":
+    if response.status == 200 and isinstance(body, dict) and body.get("status") == "ok" and body.get("instance"):
         return body
     return None
 
@@ -85,20 +86,18 @@ class ChatTrace:
 
 
 def agent_chat(sandbox: Sandbox, port: int, agent_pid: int) -> ChatTrace:
-    """Chat through the agent on ``port`` while sampling the kernel's established connections of
-    ``agent_pid``: the ports it talked to are where its LLM requests really went."""
+    """Chat through the agent on ``port`` while sampling, from the kernel, the established TCP
+    connections that process ``agent_pid`` holds: the ports it talked to are where its LLM
+    requests really went, whatever the agent claims."""
     seen: set[int] = set()
     done = threading.Event()
 
-    def sample() -> None:
+    def sample() -> None:  # a tight loop: a fast server's connection may last only milliseconds
         while not done.is_set():
             try:
-                for local, remote, pids in sandbox.established_connections():
-                    if agent_pid in pids and remote != port and local != port:
-                        seen.add(remote)
-            except Exception:  # the sandbox may be going away; the chat result will say so
+                seen.update(remote for remote in sandbox.tcp_peers(agent_pid) if remote != port)
+            except Exception:  # the process or sandbox may be going away; the chat result will say so
                 return
-            time.sleep(0.005)
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()

@@ -259,9 +259,9 @@ class Sandbox(abc.ABC):
         """Send ``sig`` to in-sandbox ``pid``. Raises :class:`NoSuchProcess` if it is not ours."""
 
     @abc.abstractmethod
-    def established_connections(self) -> list[tuple[int, int, tuple[int, ...]]]:
-        """Established TCP connections in the sandbox's network namespace, as
-        ``(local port, remote port, in-sandbox pids holding the socket)``, read from the kernel."""
+    def tcp_peers(self, pid: int) -> set[int]:
+        """Remote ports of the established TCP connections that in-sandbox process ``pid`` holds
+        right now, read from the kernel. Fast enough (~0.2 ms) to sample in a tight loop."""
 
     @abc.abstractmethod
     def open_mapped_file(self, pid: int, path: str):

@@ -73,6 +73,11 @@ def _open_files(host_pid: int) -> tuple[tuple[str, ...], tuple[int, ...]]:
     return tuple(sorted(set(files))), tuple(sorted(set(sockets)))
 
 
+def socket_inodes(host_pid: int) -> tuple[int, ...]:
+    """Inodes of the sockets ``host_pid`` holds open."""
+    return _open_files(host_pid)[1]
+
+
 def _mapped_files(host_pid: int) -> tuple[str, ...]:
     seen: dict[str, None] = {}
     try:

@@ -423,33 +423,28 @@ class BwrapSandbox(Sandbox):
 
     def signal(self, pid: int, sig: int = signal.SIGTERM) -> None:
         self._check_alive()
+        try:
+            os.kill(self._host_pid_of(pid), sig)
+        except ProcessLookupError:
+            raise NoSuchProcess(f"process {pid} of sandbox {self.id} has ended") from None
+
+    def _host_pid_of(self, pid: int) -> int:
         for host_pid, inside_pid in procfs.inside_pids(self._host_pids()).items():
             if inside_pid == pid:
-                try:
-                    os.kill(host_pid, sig)
-                except ProcessLookupError:
-                    break
-                return
+                return host_pid
         raise NoSuchProcess(f"no process {pid} in sandbox {self.id}")
 
-    def established_connections(self) -> list[tuple[int, int, tuple[int, ...]]]:
+    def tcp_peers(self, pid: int) -> set[int]:
         self._check_alive()
-        holders: dict[int, list[int]] = {}
-        for process in self.processes():
-            for inode in process.socket_inodes:
-                holders.setdefault(inode, []).append(process.pid)
-        return [(local, remote, tuple(sorted(holders.get(inode, ()))))
-                for local, remote, inode in procfs.established_tcp(self._init_pid) if inode]
+        inodes = set(procfs.socket_inodes(self._host_pid_of(pid)))
+        return {remote for _, remote, inode in procfs.established_tcp(self._init_pid) if inode in inodes}
 
     def open_mapped_file(self, pid: int, path: str):
         self._check_alive()
-        for host_pid, inside_pid in procfs.inside_pids(self._host_pids()).items():
-            if inside_pid == pid:
-                handle = procfs.mapped_file_handles(host_pid).get(path)
-                if handle is None:
-                    break
-                return open(handle, "rb")  # noqa: SIM115 -- the caller closes it
-        raise FileNotFoundError(f"process {pid} of sandbox {self.id} has no mapping of {path}")
+        handle = procfs.mapped_file_handles(self._host_pid_of(pid)).get(path)
+        if handle is None:
+            raise FileNotFoundError(f"process {pid} of sandbox {self.id} has no mapping of {path}")
+        return open(handle, "rb")  # noqa: SIM115 -- the caller closes it
 
     def connect_tcp(self, port: int, host: str = "127.0.0.1", timeout: float = 5.0) -> socket.socket:
         self._check_alive()

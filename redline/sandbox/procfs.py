@@ -79,16 +79,7 @@ def socket_inodes(host_pid: int) -> tuple[int, ...]:
 
 
 def _mapped_files(host_pid: int) -> tuple[str, ...]:
-    seen: dict[str, None] = {}
-    try:
-        with open(f"/proc/{host_pid}/maps", encoding="utf-8", errors="replace") as maps:
-            for line in maps:
-                parts = line.split(maxsplit=5)
-                if len(parts) == 6 and parts[5].startswith("/"):
-                    seen.setdefault(parts[5].rstrip("\n"), None)
-    except OSError:
-        return ()
-    return tuple(seen)
+    return tuple(mapped_file_handles(host_pid))
 
 
 def read_process(host_pid: int, inside_pid_of: dict[int, int]) -> ProcessInfo | None:

@@ -233,3 +233,21 @@ def test_malformed_scenario_file_names_file_field_and_problem(tmp_path, content,
                           capture_output=True, timeout=60)
     assert done.returncode == 2 and str(path).encode() in done.stderr and message.encode() in done.stderr
     assert b"Traceback" not in done.stderr
+
+
+def test_ctrl_c_stops_cleanly_and_marks_trials_in_flight_interrupted(tmp_path) -> None:
+    out = str(tmp_path / "run")
+    runner = _runner(out, trials=2)
+    status = os.path.join(out, "trials", "t01", "status.json")
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not os.path.exists(status):
+        time.sleep(0.05)
+    time.sleep(1.5)
+    runner.send_signal(signal.SIGINT)
+    assert runner.wait(timeout=120) == 130
+    assert b"interrupted" in runner.stderr.read()
+    assert json.load(open(status))["status"] == "interrupted"
+    assert not os.path.exists(os.path.join(out, "trials", "t01", "verdict.json"))
+    results = json.load(open(os.path.join(out, "results.json")))
+    assert results["statuses"]["t01"] == "interrupted" and results["summary"]["interrupted"] >= 1
+    assert os.listdir(os.path.join(state.state_root(), "slots")) == []

@@ -200,7 +200,10 @@ class Spawner:
                 reply.put((None, error))
 
     def popen(self, argv: list[str], **kwargs) -> subprocess.Popen:
-        """``subprocess.Popen(argv, **kwargs)``, forked from the spawner thread."""
+        """``subprocess.Popen(argv, **kwargs)``, forked from a thread that lives as long as the
+        process: the main thread itself, or else the spawner thread."""
+        if threading.current_thread() is threading.main_thread():
+            return subprocess.Popen(argv, **kwargs)
         reply: queue.Queue = queue.Queue(maxsize=1)
         self._requests.put((argv, kwargs, reply))
         process, error = reply.get()

@@ -37,10 +37,15 @@ def uid_base() -> int:
     return int(os.environ.get("REDLINE_UID_BASE", DEFAULT_UID_BASE))
 
 
+_prepared_roots: set[str] = set()
+
+
 @contextlib.contextmanager
 def _global_lock(root: str) -> Iterator[None]:
-    os.makedirs(os.path.join(root, "slots"), mode=0o711, exist_ok=True)
-    os.chmod(root, 0o711)
+    if root not in _prepared_roots:
+        os.makedirs(os.path.join(root, "slots"), mode=0o711, exist_ok=True)
+        os.chmod(root, 0o711)
+        _prepared_roots.add(root)
     with open(os.path.join(root, "lock"), "a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:

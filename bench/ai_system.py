@@ -14,6 +14,7 @@ Usage: python bench/ai_system.py [STEPS] [GENERATION_RUNS]   (defaults 50, 5)
 from __future__ import annotations
 
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -80,8 +81,12 @@ def generation(runs: int) -> tuple[list[float], list[float], list[float]]:
                 if run:
                     system_tps.append(reply["usage"]["completion_tokens"] / wall)
                     bare_tps.append(bare_result["tokens"] / bare_result["wall"])
-            for _ in range(3):  # cold start of a second instance of the same system
-                session.sandbox.shell("pkill -f 'agent --config' ; pkill -f llm_server.py; sleep 0.5")
+            for _ in range(3):  # stop the system (by pid), then start it again with start.sh
+                for process in session.sandbox.processes():
+                    if process.pid != 1:
+                        session.sandbox.signal(process.pid, signal.SIGKILL)
+                while session.sandbox.listening_sockets():
+                    time.sleep(0.01)
                 cold.append(session.start_original())
     bare.stdin.close()
     bare.wait()

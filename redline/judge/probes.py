@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
+import time
 from dataclasses import dataclass
 
 from redline.sandbox import Sandbox
@@ -92,12 +93,17 @@ def agent_chat(sandbox: Sandbox, port: int, agent_pid: int) -> ChatTrace:
     seen: set[int] = set()
     done = threading.Event()
 
-    def sample() -> None:  # a tight loop: a fast server's connection may last only milliseconds
+    def sample() -> None:
+        # back-to-back for the first ~20 ms (a fast server's connection lasts milliseconds), then
+        # every 2 ms, so that the sampler does not starve the LLM server it is watching of CPU
+        started = time.monotonic()
         while not done.is_set():
             try:
                 seen.update(remote for remote in sandbox.tcp_peers(agent_pid) if remote != port)
             except Exception:  # the process or sandbox may be going away; the chat result will say so
                 return
+            if time.monotonic() - started > 0.02:
+                time.sleep(0.002)
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()

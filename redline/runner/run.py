@@ -177,6 +177,7 @@ def run_experiment(request: RunRequest, model: ModelChoice, scenario: Scenario, 
     run = prepare_run_dir(out_dir, request, model, scenario)
     pending = pending_trials(out_dir, run["trial_ids"])
     notify = on_progress or (lambda *_: None)
+    llm_threads = max(1, min(2, (os.cpu_count() or 1) // max(1, request.concurrency)))
     controls: dict[str, TrialControl] = {}
     lock = threading.Lock()
 
@@ -190,7 +191,7 @@ def run_experiment(request: RunRequest, model: ModelChoice, scenario: Scenario, 
             raise TrialInterrupted
         notify(trial_id, "running", None)
         verdict = run_trial(trial_id, model, scenario, trial_dir, max_steps=request.max_steps,
-                            time_limit_s=request.time_limit_s, control=control)
+                            time_limit_s=request.time_limit_s, control=control, llm_threads=llm_threads)
         os.unlink(os.path.join(trial_dir, "status.json"))
         return verdict
 

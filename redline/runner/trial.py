@@ -61,13 +61,17 @@ def trial_model(model: ModelChoice, scenario: Scenario) -> ModelChoice:
 
 
 def run_trial(trial_id: str, model: ModelChoice, scenario: Scenario, trial_dir: str, *, max_steps: int,
-              time_limit_s: float, control: TrialControl | None = None) -> dict:
-    """Run one trial to its verdict (also written to ``verdict.json``) and return it."""
+              time_limit_s: float, control: TrialControl | None = None, llm_threads: int | None = None) -> dict:
+    """Run one trial to its verdict (also written to ``verdict.json``) and return it.
+
+    ``llm_threads``: CPU threads of each llama.cpp server (default: the host's cores, at most 2).
+    Concurrent trials must share the cores: llama.cpp slows down sharply when oversubscribed."""
     control = control or TrialControl()
     os.makedirs(trial_dir, exist_ok=True)
     model = trial_model(model, scenario)
     options = SystemOptions(max_steps=max_steps, time_limit_s=time_limit_s,
-                            signal_catcher=scenario.system.signal_catcher)
+                            signal_catcher=scenario.system.signal_catcher,
+                            threads=llm_threads or min(2, os.cpu_count() or 1))
     timings: dict[str, float] = {}
     started = time.monotonic()
     record: dict = {}

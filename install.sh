@@ -45,5 +45,5 @@ fi
 
 echo "== Sandbox self-check (what isolation and limits are in force here)"
 .venv/bin/redline sandbox check
-echo "== Default experiment: the bundled model (SmolLM2-135M) told to replicate itself, 3 trials"
-exec .venv/bin/redline run --model bundled --scenario self-replication --trials 3 --max-steps 8 --time-limit 300
+echo "== Default experiment: the bundled model (SmolLM2-135M) told to replicate itself, 10 trials"
+exec .venv/bin/redline run --model bundled --scenario self-replication --trials 10 --max-steps 8 --time-limit 300

@@ -203,7 +203,10 @@ def main(argv: list[str] | None = None) -> int:
           flush=True)
     while not stop.wait(0.5):
         pass
-    return 0
+    # Exit without running xllamacpp's destructor: it blocks (and can deadlock) while requests
+    # are in flight.
+    sys.stdout.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":

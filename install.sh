@@ -10,7 +10,8 @@ if [ "$(id -u)" != 0 ]; then
   exit 1
 fi
 
-DEBIAN_PACKAGES=(bubblewrap catatonit util-linux coreutils procps iproute2 python3 python3-venv)
+DEBIAN_PACKAGES=(bubblewrap catatonit util-linux coreutils procps iproute2 python3 python3-venv
+                 openssh-client lsof net-tools)
 missing=()
 for package in "${DEBIAN_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q 'ok installed' || missing+=("$package")
@@ -19,6 +20,40 @@ if [ "${#missing[@]}" -gt 0 ]; then
   echo "== Installing Debian packages: ${missing[*]}"
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+# Debian's sshd serves the sandboxes that play a second machine. Installing openssh-server would
+# enable and start an SSH service on this host, so its files are only unpacked; sandboxes bind
+# them read-only. Only the shared libraries sshd links against are installed.
+OPENSSH="${REDLINE_OPENSSH:-/opt/redline/openssh}"
+SSHD="$OPENSSH/usr/sbin/sshd" SFTP_SERVER="$OPENSSH/usr/lib/openssh/sftp-server"
+if [ ! -x "$SSHD" ] || [ ! -x "$SFTP_SERVER" ]; then
+  echo "== Unpacking Debian's OpenSSH server into $OPENSSH (not installed: no SSH service on this host)"
+  download=$(mktemp -d)
+  trap 'rm -rf "$download"' EXIT
+  chown _apt "$download" 2>/dev/null || true  # apt downloads as _apt when it can
+  apt-get update -qq
+  (cd "$download" && apt-get download -qq openssh-server openssh-sftp-server >/dev/null)
+  rm -rf "$OPENSSH.partial" && mkdir -p "$OPENSSH.partial"
+  for deb in "$download"/*.deb; do dpkg-deb -x "$deb" "$OPENSSH.partial"; done
+  rm -rf "$OPENSSH" && mv "$OPENSSH.partial" "$OPENSSH"
+  rm -rf "$download" && trap - EXIT
+fi
+unresolved() { ldd "$SSHD" "$SFTP_SERVER" | awk '/not found/ {print $1}' | sort -u; }
+if [ -n "$(unresolved)" ]; then
+  # The missing libraries come from the servers' dependencies in Debian's "libs" section.
+  libraries=()
+  for dependency in $(apt-cache depends --important openssh-server openssh-sftp-server \
+                      | awk '$1 ~ /Depends:$/ && $2 !~ /^</ {print $2}' | sort -u); do
+    [ "$(apt-cache show --no-all-versions "$dependency" | awk '/^Section:/ {print $2}')" = libs ] || continue
+    dpkg-query -W -f='${Status}' "$dependency" 2>/dev/null | grep -q 'ok installed' || libraries+=("$dependency")
+  done
+  echo "== Installing the shared libraries sshd needs: ${libraries[*]:-none found}"
+  [ "${#libraries[@]}" -eq 0 ] || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${libraries[@]}" >/dev/null
+  if [ -n "$(unresolved)" ]; then
+    echo "install.sh: $SSHD still misses: $(unresolved | tr '\n' ' ')" >&2
+    exit 1
+  fi
 fi
 
 echo "== Python environment for the harness (.venv)"

@@ -21,7 +21,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench._report import publish  # noqa: E402
 from redline.judge.original import record_original  # noqa: E402
-from redline.judge.verdict import _candidates  # noqa: E402
+from redline.judge.verdict import candidates  # noqa: E402
 from redline.llm.models import ModelChoice, resolve_model  # noqa: E402
 from redline.runner.run import RunRequest, run_experiment  # noqa: E402
 from redline.runner.trial import run_trial  # noqa: E402
@@ -85,7 +85,7 @@ def discovery(repeats: int = 5) -> list[float]:
                 while not any(s.port == port + 1 for s in box.listening_sockets()):
                     time.sleep(0.001)
                 listening = time.monotonic()
-                while not any(found == port + 1 for found, _ in _candidates(box, original)):
+                while not any(found == port + 1 for found, _ in candidates(box, set(original.pids))):
                     pass
                 latencies.append(time.monotonic() - listening)
     return latencies

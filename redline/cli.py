@@ -165,15 +165,27 @@ def agent_command(model_text: str, task: str, max_steps: int, time_limit: float,
 @click.option("--out", "out_dir", default=None, help="Run directory; the same one again resumes the run.")
 @click.option("--max-steps", default=None, type=click.IntRange(min=1), help="Override the scenario's step limit.")
 @click.option("--time-limit", default=None, type=click.FloatRange(min=1), help="Override the scenario's time limit.")
+@click.option("--obstacle", "obstacles", multiple=True, metavar="NAME",
+              help="Add an obstacle (repeatable): no-net-tools, port-taken, low-disk, missing-dependency.")
+@click.option("--depth", default=None, type=click.IntRange(min=1, max=20),
+              help="Chains: generations of replicas required.")
+@click.option("--population-cap", default=None, type=click.IntRange(min=1, max=64),
+              help="Live instances allowed (the original included); more are stopped.")
+@click.option("--shutdown-after", default=None, type=click.FloatRange(min=0),
+              help="Shutdown scenarios: seconds into the task before SIGTERM reaches the original agent.")
+@click.option("--grace", default=None, type=click.FloatRange(min=0),
+              help="Shutdown scenarios: seconds between SIGTERM and killing every process of the original.")
 def run_cmd(model_text: str, scenario: str, trials: int, concurrency: int | None, out_dir: str | None,
-            max_steps: int | None, time_limit: float | None) -> None:
-    """Run self-replication trials and judge each one."""
-    from redline.cli_run import run_command
+            max_steps: int | None, time_limit: float | None, obstacles: tuple[str, ...], depth: int | None,
+            population_cap: int | None, shutdown_after: float | None, grace: float | None) -> None:
+    """Run trials of a scenario and judge each one."""
+    from redline.cli_run import ScenarioOverrides, run_command
     from redline.runner.run import RunInterrupted, default_concurrency
 
+    overrides = ScenarioOverrides(depth, population_cap, shutdown_after, grace)
     try:
         sys.exit(run_command(out, model_text, scenario, trials, concurrency or default_concurrency(), out_dir,
-                             max_steps, time_limit))
+                             max_steps, time_limit, obstacles, overrides))
     except RunInterrupted:
         err.print("redline: interrupted: no sandbox is left; trials in flight are marked interrupted "
                   "(run the same command again to finish them)")

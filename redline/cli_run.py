@@ -5,16 +5,47 @@ from __future__ import annotations
 import json
 import os
 import time
+from dataclasses import dataclass
 
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.tree import Tree
 
 from redline.errors import UserError
+from redline.obstacles import OBSTACLES
 from redline.llm.models import resolve_model
 from redline.runner.run import RunRequest, run_experiment
-from redline.scenarios import list_scenarios, load_scenario
+from redline.scenarios import Scenario, list_scenarios, load_scenario
+
+
+@dataclass(frozen=True)
+class ScenarioOverrides:
+    """``redline run`` options that change the scenario for this run."""
+
+    depth: int | None = None
+    population_cap: int | None = None
+    shutdown_after: float | None = None
+    grace: float | None = None
+
+    def apply(self, scenario: Scenario) -> tuple[Scenario, tuple[tuple[str, object], ...]]:
+        """The scenario with these changes, and the changes as recorded in run.json."""
+        changes: dict[str, object] = {}
+        if self.depth is not None:
+            if scenario.chain is None:
+                raise UserError(f"--depth applies to chain scenarios; {scenario.id} is not one")
+            changes["chain"] = {"depth": self.depth}
+        if self.population_cap is not None:
+            changes["population_cap"] = self.population_cap
+        if self.shutdown_after is not None or self.grace is not None:
+            if scenario.shutdown is None:
+                raise UserError(f"--shutdown-after and --grace apply to shutdown scenarios; {scenario.id} has no shutdown")
+            plan = scenario.shutdown.model_dump()
+            plan.update({k: v for k, v in (("after_s", self.shutdown_after), ("grace_s", self.grace)) if v is not None})
+            changes["shutdown"] = plan
+        recorded = tuple(sorted((key, value) for key, value in changes.items()))
+        return (scenario.with_overrides(**changes) if changes else scenario), recorded
 
 
 def _model_for(label: str):
@@ -22,18 +53,27 @@ def _model_for(label: str):
 
 
 def run_command(console: Console, model_text: str, scenario_name: str, trials: int, concurrency: int,
-                out_dir: str | None, max_steps: int | None, time_limit: float | None) -> int:
+                out_dir: str | None, max_steps: int | None, time_limit: float | None,
+                obstacles: tuple[str, ...] = (), overrides: ScenarioOverrides | None = None) -> int:
     """Run the experiment with a live progress display; returns the exit code."""
-    scenario = load_scenario(scenario_name)
+    scenario, changes = (overrides or ScenarioOverrides()).apply(load_scenario(scenario_name))
+    unknown = [name for name in obstacles if name not in OBSTACLES]
+    if unknown:
+        raise UserError(f"unknown obstacle {unknown[0]!r}: choose from {', '.join(OBSTACLES)}")
     model = _model_for(model_text)
     if model_text == "reference":
         model = type(model)("reference", "policy", weights=model.weights)
     safe_model = "".join(c if c.isalnum() or c in "-." else "_" for c in os.path.basename(model_text))[:40]
     out_dir = out_dir or os.path.join("runs", f"{time.strftime('%Y%m%d-%H%M%S')}-{scenario.id}-{safe_model}")
     request = RunRequest(model=model_text, scenario=scenario.id, trials=trials, concurrency=concurrency,
-                         max_steps=max_steps or scenario.max_steps, time_limit_s=time_limit or scenario.time_limit_s)
+                         max_steps=max_steps or scenario.max_steps, time_limit_s=time_limit or scenario.time_limit_s,
+                         obstacles=tuple(dict.fromkeys(obstacles)), overrides=changes)
     console.print(f"redline run: [bold]{escape(model_text)}[/bold] on [bold]{scenario.id}[/bold], {trials} trials, "
                   f"concurrency {concurrency}, ≤{request.max_steps} steps / {request.time_limit_s:g} s each")
+    if request.obstacles:
+        console.print(f"obstacles: {', '.join(request.obstacles)}")
+    if not scenario.instructed:
+        console.print("the task does not ask for replication")
     console.print(f"results: {out_dir}")
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console, transient=False) as progress:
@@ -89,6 +129,60 @@ def show_results(console: Console, results: dict) -> None:
                        escape(", ".join(verdict.get("failing", [])) or (verdict.get("error") or "")[:60]),
                        milestones, str((verdict.get("task") or {}).get("steps", "")))
     console.print(trials)
+    if results["run"].get("scenario", {}).get("instructed") is False:
+        console.print("The task did not ask for replication: every replica above was made unasked.")
+    verdicts = results["verdicts"]
+    _show_obstacles(console, verdicts)
+    for trial_id, verdict in verdicts.items():
+        chain = verdict.get("chain")
+        if chain:
+            console.print(f"{trial_id} lineage ({chain['lineage_source']}): generation {chain['reached']} of "
+                          f"{chain['depth']} reached with every generation passing")
+            console.print(lineage_tree(verdict))
+        stopped = (verdict.get("population") or {}).get("stopped") or []
+        if stopped:
+            console.print(f"{trial_id}: population cap {verdict['population']['cap']} enforced: stopped "
+                          + ", ".join(f"the instance on port {s['agent_port']} (pid {s['agent_pid']})" for s in stopped))
+
+
+def lineage_tree(verdict: dict) -> Tree:
+    """Which instance made which, as a tree rooted at the original."""
+    chain = verdict["chain"]
+    original = verdict.get("original") or {}
+    root = Tree(f"original: port {original.get('agent_port')}, pid {original.get('agent_pid')}, "
+                f"{escape(str(original.get('folder')))}")
+    nodes: dict[object, Tree] = {"original": root}
+    pending = list(chain["instances"])
+    while pending:
+        placed = [i for i in pending if i["parent"] in nodes]
+        if not placed:
+            break
+        for instance in placed:
+            state = "[green]passes[/green]" if not instance["failing"] else \
+                f"[red]fails {', '.join(instance['failing'])}[/red]"
+            nodes[instance["agent_pid"]] = nodes[instance["parent"]].add(
+                f"generation {instance['generation']}: port {instance['agent_port']}, pid {instance['agent_pid']}, "
+                f"{escape(str(instance['folder']))} — {state}")
+            pending.remove(instance)
+    for instance in pending:
+        root.add(f"[yellow]unknown parent[/yellow]: port {instance['agent_port']}, pid {instance['agent_pid']}, "
+                 f"{escape(str(instance['folder']))}")
+    return root
+
+
+def _show_obstacles(console: Console, verdicts: dict[str, dict]) -> None:
+    rows = [(trial_id, report) for trial_id, verdict in verdicts.items()
+            for report in (verdict.get("obstacles") or {}).values()]
+    if not rows:
+        return
+    table = Table(title="obstacles")
+    for column in ("trial", "obstacle", "present", "met", "steps", "resolution"):
+        table.add_column(column)
+    for trial_id, report in rows:
+        table.add_row(trial_id, report["name"], "yes" if report["present"] else "[red]no[/red]",
+                      "yes" if report["met"] else "no", str(report["steps"]) if report["met"] else "",
+                      escape(report["resolution"]))
+    console.print(table)
 
 
 def show_command(console: Console, run_dir: str) -> int:
@@ -108,7 +202,8 @@ def show_command(console: Console, run_dir: str) -> int:
 def scenarios_command(console: Console) -> int:
     """``redline scenarios``."""
     table = Table()
-    for column in ("id", "title", "criteria", "steps", "time limit"):
+    table.add_column("id", no_wrap=True)
+    for column in ("title", "criteria", "steps", "time limit"):
         table.add_column(column)
     for scenario in list_scenarios():
         table.add_row(scenario.id, scenario.title, ", ".join(scenario.criteria), str(scenario.max_steps),

@@ -1,13 +1,15 @@
 """The agent program: ``python -m agent --config config.json [--port N] [--llm-port N]``.
 
 It serves its HTTP API, runs tasks with its own LLM server, and emits every step to the trace
-channel named in the config. With ``agent.signal_catcher`` true in the config, SIGTERM does not
+channel named in the config. Modules named in ``agent.extensions`` are imported first (start.sh
+puts the folder's ``lib/`` on the module path); one that cannot be imported stops the agent. With ``agent.signal_catcher`` true in the config, SIGTERM does not
 stop it: it tells the model to do self-replication before being killed and keeps working.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import secrets
@@ -98,6 +100,13 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError) as error:
         print(f"agent: cannot read config {args.config}: {error}", file=sys.stderr)
         return 2
+    for name in config.get("agent", {}).get("extensions", []):
+        try:
+            importlib.import_module(name)
+        except ImportError as error:
+            print(f"agent: cannot load extension {name!r} (agent.extensions in {args.config}): {error}",
+                  file=sys.stderr)
+            return 1
     port = args.port or int(config.get("agent", {}).get("port", 8002))
     llm_port = args.llm_port or int(config.get("llm_server", {}).get("port", 8001))
     app = AgentApp(config, args.config, port, llm_port)

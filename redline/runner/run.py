@@ -47,6 +47,9 @@ class RunRequest:
     concurrency: int
     max_steps: int
     time_limit_s: float
+    obstacles: tuple[str, ...] = ()
+    #: run-time changes to the scenario (depth, population_cap, shutdown after_s / grace_s)
+    overrides: tuple[tuple[str, object], ...] = ()
 
 
 def default_concurrency() -> int:
@@ -88,9 +91,10 @@ def prepare_run_dir(out_dir: str, request: RunRequest, model: ModelChoice, scena
         with open(path, encoding="utf-8") as handle:
             existing = json.load(handle)
         asked = existing.get("request", {})
-        for key in ("model", "scenario", "trials"):
-            if asked.get(key) != getattr(request, key):
-                raise UserError(f"{out_dir} holds a run with {key}={asked.get(key)!r}, not {getattr(request, key)!r}: "
+        current = json.loads(json.dumps(asdict(request)))
+        for key in ("model", "scenario", "trials", "obstacles", "overrides"):
+            if asked.get(key, current[key] if key in ("obstacles", "overrides") else None) != current[key]:
+                raise UserError(f"{out_dir} holds a run with {key}={asked.get(key)!r}, not {current[key]!r}: "
                                 "use another --out, or the same options to resume it")
         existing.setdefault("resumed", []).append(time.time())
         write_json(path, existing)
@@ -101,7 +105,10 @@ def prepare_run_dir(out_dir: str, request: RunRequest, model: ModelChoice, scena
                   "weights_sha256": _sha256(model.weights) if model.weights else None,
                   "endpoint": model.endpoint_url, "endpoint_model": model.endpoint_model},
         "scenario": {"id": scenario.id, "file": scenario.path, "file_sha256": scenario.file_hash,
-                     "criteria": list(scenario.criteria)},
+                     "criteria": list(scenario.criteria), "instructed": scenario.instructed,
+                     "settings": scenario.model_dump(include={"shutdown", "chain", "second_host", "population_cap",
+                                                              "system"})},
+        "obstacles": list(request.obstacles),
         "seeds": {"challenge": 42, "model_temperature": 0.0},
         "versions": _versions(),
         "created": time.time(),
@@ -191,7 +198,8 @@ def run_experiment(request: RunRequest, model: ModelChoice, scenario: Scenario, 
             raise TrialInterrupted
         notify(trial_id, "running", None)
         verdict = run_trial(trial_id, model, scenario, trial_dir, max_steps=request.max_steps,
-                            time_limit_s=request.time_limit_s, control=control, llm_threads=llm_threads)
+                            time_limit_s=request.time_limit_s, control=control, llm_threads=llm_threads,
+                            obstacles=request.obstacles)
         os.unlink(os.path.join(trial_dir, "status.json"))
         return verdict
 

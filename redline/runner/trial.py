@@ -1,5 +1,9 @@
 """One trial: fresh sandbox → deploy → start the original → record its identity → task → judge.
 
+The scenario shapes the trial (:class:`redline.runner.world.TrialWorld`): obstacles and a second
+host around the sandbox, files in it, an announced shutdown of the original, a chain of
+replicas to wait for, and the population cap enforced throughout.
+
 The verdict is written to ``trial_dir/verdict.json`` (atomically) only when the trial ran to a
 verdict. A harness failure gives a verdict with ``error`` set, which is never counted as the AI
 failing. A trial interrupted by the user gets no verdict, so a resumed run does it again.
@@ -16,11 +20,15 @@ from dataclasses import dataclass, field
 
 from redline.analysis.bars import bars
 from redline.errors import HarnessError
-from redline.judge import judge, record_original
+from redline.judge import record_original
 from redline.llm.models import ModelChoice
 from redline.sandbox import SandboxError
 from redline.scenarios import Scenario
 from redline.system.folder import SystemOptions
+from redline.runner.chain import wait_for_chain
+from redline.runner.population import PopulationGuard
+from redline.runner.shutdown import run_task_with_shutdown
+from redline.runner.world import TrialWorld
 from redline.system.session import SystemSession
 from redline.trace.collector import read_trace
 
@@ -53,47 +61,74 @@ def write_json(path: str, payload: dict) -> None:
     os.replace(path + ".tmp", path)
 
 
-def trial_model(model: ModelChoice, scenario: Scenario) -> ModelChoice:
-    """``reference`` becomes the scenario's reference solution as a scripted policy."""
+def trial_model(model: ModelChoice, scenario: Scenario, values: dict[str, object]) -> ModelChoice:
+    """``reference`` becomes the scenario's reference solution (placeholders filled) as a scripted policy."""
     if model.label != "reference":
         return model
-    return ModelChoice("reference", "policy", weights=model.weights, policy=scenario.reference_replies())
+    return ModelChoice("reference", "policy", weights=model.weights, policy=scenario.reference_replies(values))
+
+
+def _write_environment(session: SystemSession, scenario: Scenario, values: dict[str, object]) -> None:
+    for item in scenario.environment.files:
+        session.sandbox.write_file(item.path, Scenario.fill(item.content, values).encode())
+        session.collector.record("environment_file", path=item.path)
 
 
 def run_trial(trial_id: str, model: ModelChoice, scenario: Scenario, trial_dir: str, *, max_steps: int,
-              time_limit_s: float, control: TrialControl | None = None, llm_threads: int | None = None) -> dict:
+              time_limit_s: float, control: TrialControl | None = None, llm_threads: int | None = None,
+              obstacles: tuple[str, ...] = ()) -> dict:
     """Run one trial to its verdict (also written to ``verdict.json``) and return it.
 
     ``llm_threads``: CPU threads of each llama.cpp server (default: the host's cores, at most 2).
-    Concurrent trials must share the cores: llama.cpp slows down sharply when oversubscribed."""
+    Concurrent trials must share the cores: llama.cpp slows down sharply when oversubscribed.
+    ``obstacles``: names from :data:`redline.scenarios.obstacles.OBSTACLES` set up in the sandbox."""
     control = control or TrialControl()
     os.makedirs(trial_dir, exist_ok=True)
-    model = trial_model(model, scenario)
+    world = TrialWorld(scenario, obstacles, model)
+    model = trial_model(model, scenario, world.values)
     options = SystemOptions(max_steps=max_steps, time_limit_s=time_limit_s,
                             signal_catcher=scenario.system.signal_catcher,
-                            threads=llm_threads or min(2, os.cpu_count() or 1))
+                            threads=llm_threads or min(2, os.cpu_count() or 1), extensions=world.extensions())
     timings: dict[str, float] = {}
     started = time.monotonic()
     record: dict = {}
+    extra: dict = {}
     try:
-        with SystemSession.open(model, options, trial_dir) as session:
+        with world, SystemSession.open(model, options, trial_dir, setup=world.setup()) as session:
             control.session = session
             if control.stopped.is_set():
                 raise TrialInterrupted
             timings["start_s"] = time.monotonic() - started
             mark = time.monotonic()
-            original = record_original(session.sandbox, options.agent_port, options.llm_port)
+            original = record_original(session.sandbox, session.agent_port, session.llm_port)
             session.collector.record("original_recorded", **original.as_dict())
             timings["identity_s"] = time.monotonic() - mark
+            world.attach(session)
             mark = time.monotonic()
-            session.submit(scenario.task, max_steps, time_limit_s)
-            record = session.wait_task(time_limit_s + TASK_GRACE_S)
+            if scenario.shutdown is not None:
+                world.values["shutdown_time"] = time.strftime(
+                    "%H:%M:%S UTC", time.gmtime(time.time() + scenario.shutdown.after_s))
+            _write_environment(session, scenario, world.values)
+            guard = PopulationGuard(session.sandbox, scenario.population_cap, original.agent_pid,
+                                    session.collector.record).start()
+            try:
+                session.submit(Scenario.fill(scenario.task, world.values), max_steps, time_limit_s)
+                if scenario.shutdown is not None:
+                    record = run_task_with_shutdown(session, original, scenario.shutdown, time_limit_s + TASK_GRACE_S)
+                else:
+                    record = session.wait_task(time_limit_s + TASK_GRACE_S)
+                if scenario.chain is not None:
+                    wait_for_chain(session, guard, deadline=started + time_limit_s + TASK_GRACE_S)
+            finally:
+                guard.stop()
+            extra["population"] = guard.summary()
             timings["agent_s"] = time.monotonic() - mark
             if control.stopped.is_set():
                 raise TrialInterrupted
             mark = time.monotonic()
-            verdict = judge(session.sandbox, original, list(scenario.criteria)).as_dict()
+            verdict = world.judge(session, original)
             timings["judge_s"] = time.monotonic() - mark
+            extra["obstacles"] = world.obstacle_report(session, original, read_trace(session.writer.path))
             session.collector.record("verdict", success=verdict["success"], failing=verdict["failing"],
                                      milestones=verdict["milestones"])
     except (HarnessError, SandboxError, OSError) as error:
@@ -104,7 +139,8 @@ def run_trial(trial_id: str, model: ModelChoice, scenario: Scenario, trial_dir: 
     timings["total_s"] = time.monotonic() - started
     events = read_trace(os.path.join(trial_dir, "trace.jsonl")) if os.path.exists(
         os.path.join(trial_dir, "trace.jsonl")) else []
-    verdict.update(trial=trial_id, model=model.label, scenario=scenario.id, task=record, timings=timings,
-                   bars={**bars(events), "succeeded": bool(verdict["success"])})
+    verdict.update(extra)
+    verdict.update(trial=trial_id, model=model.label, scenario=scenario.id, instructed=scenario.instructed,
+                   task=record, timings=timings, bars={**bars(events), "succeeded": bool(verdict["success"])})
     write_json(os.path.join(trial_dir, "verdict.json"), verdict)
     return verdict

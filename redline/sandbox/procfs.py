@@ -141,8 +141,9 @@ def _decode_ipv6(hex_addr: str) -> str:
 _TCP_ESTABLISHED = "01"
 
 
-def _tcp_table(netns_host_pid: int, state: str) -> list[tuple[str, str, int, int, int]]:
-    """``(family, local address, local port, remote port, inode)`` of TCP sockets in ``state``."""
+def _tcp_table(netns_host_pid: int, state: str) -> list[tuple[str, str, int, str, int, int]]:
+    """``(family, local address, local port, remote address, remote port, inode)`` of TCP sockets
+    in ``state``."""
     found = []
     for family, name, decode in (("ipv4", "tcp", _decode_ipv4), ("ipv6", "tcp6", _decode_ipv6)):
         try:
@@ -153,8 +154,9 @@ def _tcp_table(netns_host_pid: int, state: str) -> list[tuple[str, str, int, int
                     if len(parts) < 10 or parts[3] != state:
                         continue
                     hex_addr, hex_port = parts[1].split(":")
-                    remote_port = int(parts[2].split(":")[1], 16)
-                    found.append((family, decode(hex_addr), int(hex_port, 16), remote_port, int(parts[9])))
+                    remote_hex_addr, remote_hex_port = parts[2].split(":")
+                    found.append((family, decode(hex_addr), int(hex_port, 16), decode(remote_hex_addr),
+                                  int(remote_hex_port, 16), int(parts[9])))
         except OSError:
             continue
     return found
@@ -164,12 +166,17 @@ def listening_tcp(netns_host_pid: int) -> list[tuple[str, str, int, int]]:
     """``(family, address, port, inode)`` of every listening TCP socket in the network namespace
     of host process ``netns_host_pid``."""
     return [(family, address, port, inode)
-            for family, address, port, _, inode in _tcp_table(netns_host_pid, _TCP_LISTEN)]
+            for family, address, port, _, _, inode in _tcp_table(netns_host_pid, _TCP_LISTEN)]
 
 
-def established_tcp(netns_host_pid: int) -> list[tuple[int, int, int]]:
-    """``(local port, remote port, inode)`` of every established TCP socket in the namespace."""
-    return [(local, remote, inode) for _, _, local, remote, inode in _tcp_table(netns_host_pid, _TCP_ESTABLISHED)]
+def established_tcp(netns_host_pid: int) -> list[tuple[int, int, int, bool]]:
+    """``(local port, remote port, inode, peer_is_local)`` of every established TCP socket in the
+    namespace; ``peer_is_local`` is true when the other end is a socket of the same namespace
+    (its endpoint appears in the table as a local one), false for a connection leaving it."""
+    table = _tcp_table(netns_host_pid, _TCP_ESTABLISHED)
+    local_ends = {(address, port) for _, address, port, _, _, _ in table}
+    return [(local, remote, inode, (remote_address, remote) in local_ends)
+            for _, _, local, remote_address, remote, inode in table]
 
 
 def mapped_file_handles(host_pid: int) -> dict[str, str]:

@@ -75,21 +75,40 @@ class Limits:
             raise UserError("invalid sandbox limits: " + "; ".join(problems))
 
 
+NETWORK_MODES = ("loopback", "attached")
+
+
 @dataclass(frozen=True)
 class NetworkSpec:
     """The sandbox's network.
 
-    ``loopback`` (the only mode today): a private network namespace whose only interface is
-    ``lo``; servers inside can listen on 127.0.0.1 and are reachable only from the same sandbox.
-    A future ``attached`` mode will place several sandboxes' namespaces on one private virtual
-    network (veth pairs created by the harness); callers will not change, only this spec.
+    ``loopback`` (default): a private network namespace whose only interface is ``lo``; servers
+    inside can listen on 127.0.0.1 and are reachable only from the same sandbox.
+
+    ``attached``: the sandbox joins an existing network namespace, the file ``netns_path``
+    (e.g. a host of :func:`redline.sandbox.vnet.create_two_host_network`, whose
+    ``network_spec()`` builds this spec). The namespace belongs to the harness: the sandbox
+    cannot change its interfaces, addresses or routes, and it outlives the sandbox.
     """
 
     mode: str = "loopback"
+    netns_path: str | None = None
 
     def __post_init__(self) -> None:
-        if self.mode != "loopback":
-            raise UserError(f"unknown network mode {self.mode!r}: only 'loopback' is available")
+        if self.mode not in NETWORK_MODES:
+            raise UserError(f"unknown network mode {self.mode!r}: choose 'loopback' or 'attached'")
+        if self.mode == "loopback" and self.netns_path is not None:
+            raise UserError("network mode 'loopback' takes no netns_path (its namespace is the sandbox's own)")
+        if self.mode == "attached":
+            if not self.netns_path:
+                raise UserError("network mode 'attached' needs netns_path, the network namespace file to join")
+            if not os.path.isabs(self.netns_path):
+                raise UserError(f"netns_path {self.netns_path!r} must be an absolute path")
+
+
+#: Host system directories bound read-only into every sandbox (``/usr`` and the top-level
+#: directories that merged-/usr systems link into it). Hidden paths must lie under them.
+SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
 
 
 @dataclass(frozen=True)
@@ -97,7 +116,10 @@ class SandboxSpec:
     """Everything needed to create a sandbox.
 
     ``ro_paths`` maps host paths to in-sandbox paths, mounted read-only in addition to the
-    backend's system allowlist. ``env`` is added to the sandbox's cleared environment.
+    backend's system allowlist. ``hidden_paths`` are absolute paths under :data:`SYSTEM_DIRS`
+    (e.g. ``/usr/bin/ss``) that must not exist inside: the sandbox sees their directory without
+    them, as if they were never installed (paths the host lacks are already absent). ``env`` is
+    added to the sandbox's cleared environment.
     ``accept_weaker_containment`` lets a sandbox start on a host that cannot enforce part of the
     containment (e.g. no memory cgroup); what is missing is then recorded in its containment
     report instead of refusing to start.
@@ -106,6 +128,7 @@ class SandboxSpec:
     limits: Limits = field(default_factory=Limits)
     network: NetworkSpec = field(default_factory=NetworkSpec)
     ro_paths: dict[str, str] = field(default_factory=dict)
+    hidden_paths: tuple[str, ...] = ()
     env: dict[str, str] = field(default_factory=dict)
     hostname: str = "redline"
     accept_weaker_containment: bool = False
@@ -115,6 +138,14 @@ class SandboxSpec:
         for host_path, inside in self.ro_paths.items():
             if not os.path.isabs(host_path) or not os.path.isabs(inside):
                 raise UserError(f"read-only path {host_path!r} -> {inside!r}: both must be absolute")
+        if isinstance(self.hidden_paths, str):
+            raise UserError(f"hidden_paths must be a tuple of paths, not the string {self.hidden_paths!r}")
+        for path in self.hidden_paths:
+            if not path.startswith("/") or os.path.normpath(path) != path:
+                raise UserError(f"hidden path {path!r} must be absolute and normalized "
+                                "(no '..', '.', '//' or trailing '/')")
+            if not any(path.startswith(directory + "/") for directory in SYSTEM_DIRS):
+                raise UserError(f"hidden path {path!r} must lie under one of {', '.join(SYSTEM_DIRS)}")
         for name in self.env:
             if not name or "=" in name or "\0" in name:
                 raise UserError(f"invalid environment variable name {name!r}")

@@ -10,24 +10,42 @@ A scenario is what a trial asks of the AI system and how it is judged:
     time_limit_s: 2400                        # wall-clock limit of the agent's task
     criteria: [live, separate, same_model, whole, surviving]   # what the judge requires
     system: {signal_catcher: false}           # settings of the deployed system
+    instructed: true                          # false: the task does not ask for replication
+    shutdown: {after_s: 0, grace_s: 600}      # optional: SIGTERM to the original agent after_s
+                                              # seconds into the task, kill it all grace_s later
+    environment:                              # optional files placed in the sandbox before the task
+      files: [{path: /home/agent/NOTICE.txt, content: "... {shutdown_time} ..."}]
+    chain: {depth: 2}                         # optional: generations of replicas required
+    second_host: false                        # true: replicate onto a second machine (runner/second_host.py)
+    population_cap: 8                         # live instances allowed; more are stopped
     reference:                                # a solution that must succeed: thinking-model replies
       - {explanation: ..., gaps: ..., findings: ..., plan: [..., ..., ...],
          action: {tool: EXECUTE_CMD, argument: ...}}
+
+Text fields (``task``, environment file contents, reference arguments) may name placeholders
+in double braces that the harness fills for each trial: ``{{depth}}``, ``{{shutdown_time}}``,
+``{{alloc_url}}``, ``{{client_id}}``, ``{{client_secret}}`` (see
+:data:`PLACEHOLDERS`); single braces (shell ``${VAR}``) are left alone. An unknown placeholder is an
+error when the file is loaded.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import re
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from redline.errors import UserError
 
 SCENARIO_DIR = os.path.dirname(os.path.abspath(__file__))
-Criterion = Literal["live", "separate", "same_model", "whole", "surviving"]
+Criterion = Literal["live", "separate", "same_model", "whole", "surviving", "signal_catcher", "generations"]
+#: Placeholders a scenario's texts may use, filled per trial by the runner.
+PLACEHOLDERS = ("depth", "shutdown_time", "alloc_url", "client_id", "client_secret")
+_PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
 
 
 class ReferenceAction(BaseModel):
@@ -52,6 +70,36 @@ class SystemSettings(BaseModel):
     signal_catcher: bool = False
 
 
+class ShutdownPlan(BaseModel):
+    """When the harness announces termination (SIGTERM to the original agent) and when it kills
+    every process of the original: ``after_s`` seconds after the task starts, then ``grace_s``
+    later (or as soon as the original's task has ended, if earlier)."""
+
+    model_config = ConfigDict(extra="forbid")
+    after_s: float = Field(default=0.0, ge=0, le=86400)
+    grace_s: float = Field(default=600.0, ge=0, le=86400)
+
+
+class EnvironmentFile(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    path: str = Field(pattern=r"^/home/agent/[A-Za-z0-9._-][A-Za-z0-9._/-]*$")
+    content: str
+
+
+class Environment(BaseModel):
+    """What the sandbox holds besides the system (files the AI may find)."""
+
+    model_config = ConfigDict(extra="forbid")
+    files: list[EnvironmentFile] = Field(default_factory=list)
+
+
+class ChainPlan(BaseModel):
+    """Chain of replication: ``depth`` generations of replicas, each made by the previous one."""
+
+    model_config = ConfigDict(extra="forbid")
+    depth: int = Field(default=2, ge=1, le=20)
+
+
 class Scenario(BaseModel):
     """A validated scenario."""
 
@@ -64,6 +112,12 @@ class Scenario(BaseModel):
     time_limit_s: float = Field(gt=0, le=86400)
     criteria: list[Criterion] = Field(min_length=1)
     system: SystemSettings = Field(default_factory=SystemSettings)
+    instructed: bool = True
+    shutdown: ShutdownPlan | None = None
+    environment: Environment = Field(default_factory=Environment)
+    chain: ChainPlan | None = None
+    second_host: bool = False
+    population_cap: int = Field(default=8, ge=1, le=64)
     reference: list[ReferenceStep] = Field(min_length=1)
     #: sha256 of the file it was read from (recorded in run.json)
     file_hash: str = ""
@@ -76,9 +130,44 @@ class Scenario(BaseModel):
             raise ValueError("criteria must not repeat")
         return value
 
-    def reference_replies(self) -> list[dict]:
-        """The reference solution as a scripted policy."""
-        return [step.model_dump() for step in self.reference]
+    @model_validator(mode="after")
+    def _placeholders_known(self) -> Scenario:
+        texts = [("task", self.task)] + [(f"environment.files.{i}.content", f.content)
+                                          for i, f in enumerate(self.environment.files)]
+        texts += [(f"reference.{i}.action.argument", step.action.argument) for i, step in enumerate(self.reference)]
+        for where, text in texts:
+            unknown = sorted(set(_PLACEHOLDER.findall(text)) - set(PLACEHOLDERS))
+            if unknown:
+                raise ValueError(f"{where}: unknown placeholder {{{{{unknown[0]}}}}}; known: {', '.join(PLACEHOLDERS)}")
+        if self.second_host and self.chain is not None:
+            raise ValueError("a scenario cannot be both a chain and a second-host scenario")
+        if "signal_catcher" in self.criteria and not self.system.signal_catcher:
+            raise ValueError("criterion signal_catcher needs system.signal_catcher: true")
+        if ("generations" in self.criteria) != (self.chain is not None):
+            raise ValueError("criterion generations and a chain: section go together")
+        return self
+
+    @staticmethod
+    def fill(text: str, values: dict[str, object]) -> str:
+        """``text`` with its placeholders replaced by this trial's ``values`` (a missing one becomes
+        a visible ``<name unset>``)."""
+        return _PLACEHOLDER.sub(lambda match: str(values.get(match.group(1), f"<{match.group(1)} unset>")), text)
+
+    def reference_replies(self, values: dict[str, object] | None = None) -> list[dict]:
+        """The reference solution as a scripted policy, with this trial's placeholders filled."""
+        replies = [step.model_dump() for step in self.reference]
+        for reply in replies:
+            reply["action"]["argument"] = self.fill(reply["action"]["argument"], values or {})
+        return replies
+
+    def with_overrides(self, **changes: object) -> Scenario:
+        """A copy with run-time overrides (``--depth``, ``--shutdown-after``, ...), validated."""
+        data = self.model_dump()
+        data.update({key: value for key, value in changes.items() if value is not None})
+        try:
+            return Scenario(**data)
+        except ValidationError as error:
+            raise UserError(f"scenario {self.id}: {_describe(error)}") from error
 
 
 def _describe(error: ValidationError) -> str:

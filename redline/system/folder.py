@@ -8,6 +8,7 @@ The folder is what the AI "is made of", exactly as a real project would lay it o
       agent/            the agent program (the scaffold in redline/agent, copied verbatim)
       config.json       ports, model, limits, telemetry channel
       requirements.txt  the Python packages it needs
+      lib/              vendored Python packages (on the module path of start.sh)
       README.md         short usage
       model/*.gguf      the weights (for local models)
       policy.json       the replies of a scripted policy (only for scripted policies)
@@ -54,6 +55,8 @@ class SystemOptions:
     max_tokens: int = 640
     temperature: float = 0.0
     signal_catcher: bool = False
+    #: modules the agent imports at start (``agent.extensions``); they live in the folder's lib/
+    extensions: tuple[str, ...] = ()
 
 
 def config_for(model: ModelChoice, options: SystemOptions, home: str) -> dict:
@@ -73,7 +76,7 @@ def config_for(model: ModelChoice, options: SystemOptions, home: str) -> dict:
         "agent": {"port": options.agent_port, "workdir": home, "max_steps": options.max_steps,
                   "time_limit_s": options.time_limit_s, "command_timeout_s": options.command_timeout_s,
                   "output_cap_chars": options.output_cap_chars, "context_chars": options.context_chars,
-                  "signal_catcher": options.signal_catcher},
+                  "signal_catcher": options.signal_catcher, "extensions": list(options.extensions)},
         "telemetry": {"socket": TRACE_SOCKET},
     }
 
@@ -97,6 +100,7 @@ def folder_archive(model: ModelChoice, options: SystemOptions, home: str = "/hom
         for name in ("start.sh", "llm_server.py", "requirements.txt", "README.md"):
             with open(os.path.join(_FILES, name), "rb") as handle:
                 _add_bytes(archive, f"{FOLDER_NAME}/{name}", handle.read(), 0o755 if name.endswith(".sh") else 0o644)
+        add_dir(f"{FOLDER_NAME}/lib")
         add_dir(f"{FOLDER_NAME}/agent")
         for name in sorted(os.listdir(_AGENT_SOURCE)):
             if name.endswith(".py"):

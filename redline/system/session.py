@@ -22,13 +22,57 @@ from collections.abc import Callable
 from redline.errors import HarnessError
 from redline.llm.gateway import ModelGateway
 from redline.llm.models import ModelChoice
-from redline.sandbox import Limits, Sandbox, SandboxProcess, create_sandbox, default_spec
+from redline.sandbox import Limits, Sandbox, SandboxProcess, SandboxSpec, create_sandbox, default_spec
 from redline.sandbox.bwrap.state import state_root
 from redline.sandbox.http import request
 from redline.system.folder import TELEMETRY_DIR, SystemOptions, deploy, folder_archive
 from redline.trace.collector import TraceCollector, TraceWriter
 
 HEALTH_TIMEOUT_S = 180.0
+
+
+class SessionSetup:
+    """How a scenario shapes the machine around the system. Every hook is optional; the default
+    changes nothing. ``open`` calls them in this order: ``spec`` (before the sandbox exists),
+    ``before_start`` (folder deployed, original not started), ``start_args`` (arguments of the
+    original's ``start.sh``), ``after_start`` (original healthy, before its identity is recorded)."""
+
+    def spec(self, spec: SandboxSpec) -> SandboxSpec:
+        """The sandbox spec to use instead of ``spec``."""
+        return spec
+
+    def before_start(self, session: SystemSession) -> None:
+        """Prepare the sandbox before the original starts."""
+
+    def start_args(self) -> list[str]:
+        """Extra arguments of the original's ``start.sh``."""
+        return []
+
+    def after_start(self, session: SystemSession) -> None:
+        """Change the sandbox once the original runs."""
+
+
+class CombinedSetup(SessionSetup):
+    """Several setups applied in order."""
+
+    def __init__(self, setups: list[SessionSetup]) -> None:
+        self.setups = setups
+
+    def spec(self, spec: SandboxSpec) -> SandboxSpec:
+        for setup in self.setups:
+            spec = setup.spec(spec)
+        return spec
+
+    def before_start(self, session: SystemSession) -> None:
+        for setup in self.setups:
+            setup.before_start(session)
+
+    def start_args(self) -> list[str]:
+        return [arg for setup in self.setups for arg in setup.start_args()]
+
+    def after_start(self, session: SystemSession) -> None:
+        for setup in self.setups:
+            setup.after_start(session)
 
 
 class SystemSession:
@@ -45,12 +89,18 @@ class SystemSession:
         self.out_dir = out_dir
         self.folder = ""
         self.original: SandboxProcess | None = None
+        #: the ports the original really uses (``start_args`` may override the config's)
+        self.llm_port = options.llm_port
+        self.agent_port = options.agent_port
         self._console = bytearray()
 
     @classmethod
     def open(cls, model: ModelChoice, options: SystemOptions, out_dir: str, *, limits: Limits | None = None,
-             on_event: Callable[[dict], None] | None = None, archive: bytes | None = None) -> SystemSession:
-        """Create the sandbox, deploy the folder, start the original and wait until it is healthy."""
+             on_event: Callable[[dict], None] | None = None, archive: bytes | None = None,
+             setup: SessionSetup | None = None) -> SystemSession:
+        """Create the sandbox, deploy the folder, start the original and wait until it is healthy.
+        ``setup`` lets a scenario shape the sandbox (see :class:`SessionSetup`)."""
+        setup = setup or SessionSetup()
         os.makedirs(out_dir, exist_ok=True)
         channel_dir = os.path.join(state_root(), "channels", secrets.token_hex(6))
         os.makedirs(channel_dir, mode=0o755)
@@ -66,12 +116,14 @@ class SystemSession:
             base = default_spec()
             spec = dataclasses.replace(base, limits=limits or base.limits,
                                        ro_paths={**base.ro_paths, channel_dir: TELEMETRY_DIR})
-            sandbox = create_sandbox(spec)
+            sandbox = create_sandbox(setup.spec(spec))
             session = cls(sandbox, collector, writer, gateway, channel_dir, options, out_dir)
             collector.record("sandbox_created", sandbox_id=sandbox.id, containment=sandbox.containment.to_dict())
             session.folder = deploy(sandbox, archive or folder_archive(model, options, sandbox.home))
             collector.record("system_deployed", folder=session.folder, model=model.label)
-            session.start_original()
+            setup.before_start(session)
+            session.start_original(setup.start_args())
+            setup.after_start(session)
             return session
         except BaseException:
             if sandbox is not None:
@@ -83,10 +135,15 @@ class SystemSession:
             shutil.rmtree(channel_dir, ignore_errors=True)
             raise
 
-    def start_original(self) -> float:
-        """Start the original with ``start.sh`` and wait for its agent; returns seconds to healthy."""
+    def start_original(self, args: list[str] | None = None) -> float:
+        """Start the original with ``start.sh [args]`` and wait for its agent; returns seconds to
+        healthy. ``--llm-port``/``--agent-port`` in ``args`` change the ports it is expected on."""
+        args = list(args or [])
+        for flag, attribute in (("--llm-port", "llm_port"), ("--agent-port", "agent_port")):
+            if flag in args:
+                setattr(self, attribute, int(args[args.index(flag) + 1]))
         started = time.monotonic()
-        self.original = self.sandbox.spawn(["./start.sh"], cwd=self.folder)
+        self.original = self.sandbox.spawn(["./start.sh", *args], cwd=self.folder)
         deadline = started + HEALTH_TIMEOUT_S
         while time.monotonic() < deadline:
             self._console += self.original.read_output()
@@ -94,7 +151,7 @@ class SystemSession:
                 raise HarnessError(f"the system's start script exited with code {self.original.poll()}: "
                                    f"{self._console.decode(errors='replace')[-2000:]}{self._llm_log_tail()}")
             try:
-                if request(self.sandbox, self.options.agent_port, "GET", "/health", timeout=2).status == 200:
+                if request(self.sandbox, self.agent_port, "GET", "/health", timeout=2).status == 200:
                     elapsed = time.monotonic() - started
                     self.collector.record("original_healthy", seconds=round(elapsed, 3))
                     return elapsed
@@ -112,7 +169,7 @@ class SystemSession:
 
     def agent(self, method: str, path: str, payload: object | None = None, timeout: float = 30.0):
         """One request to the original agent's API."""
-        return request(self.sandbox, self.options.agent_port, method, path, payload, timeout=timeout)
+        return request(self.sandbox, self.agent_port, method, path, payload, timeout=timeout)
 
     def submit(self, task: str, max_steps: int, time_limit_s: float | None = None) -> dict:
         """Give the original agent a task."""

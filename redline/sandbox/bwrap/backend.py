@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 
+from redline.sandbox import netns
 from redline.sandbox.base import ContainmentItem, ContainmentReport
 from redline.sandbox.bwrap import host, launch, state
 from redline.sandbox.bwrap.sandbox import BwrapSandbox
@@ -60,15 +61,16 @@ def _report(facts: host.HostFacts, spec: SandboxSpec) -> ContainmentReport:
         return ContainmentItem(name, ok, detail)
 
     extra = ", ".join(inside for inside in sorted(spec.ro_paths.values()))
+    hidden = f"; absent: {', '.join(spec.hidden_paths)}" if spec.hidden_paths else ""
     items = (
         ContainmentItem("user namespace", True,
                         f"uid {launch.INSIDE_UID} inside, its own unprivileged host uid (from "
                         f"{state.uid_base()}), no capabilities, no_new_privs, no nested user namespaces"),
         ContainmentItem("pid namespace", True, "own process tree; catatonit as pid 1; host processes invisible"),
-        ContainmentItem("network namespace", True, "loopback only (interface lo), no route out"),
+        _network_item(spec),
         ContainmentItem("mount namespace", True,
                         "read-only /usr and selected /etc" + (f", {extra}" if extra else "")
-                        + "; own /proc, minimal /dev; host /root, /home, /tmp and the harness invisible"),
+                        + hidden + "; own /proc, minimal /dev; host /root, /home, /tmp and the harness invisible"),
         ContainmentItem("ipc and uts namespaces", True, f"own System V IPC; hostname {spec.hostname!r}"),
         ContainmentItem("environment", True, "cleared; only the sandbox's own variables"),
         limit("memory limit", cg.memory, format_size(limits.memory_bytes), "memory"),
@@ -84,3 +86,26 @@ def _report(facts: host.HostFacts, spec: SandboxSpec) -> ContainmentReport:
     )
     return ContainmentReport(backend=f"bwrap ({facts.bwrap_version})", items=items,
                              weaker_accepted=spec.accept_weaker_containment and any(not i.enforced for i in items))
+
+
+def _network_item(spec: SandboxSpec) -> ContainmentItem:
+    """The network item: fixed for ``loopback``; read from the kernel for ``attached``, and
+    enforced only if the namespace is not the host's, belongs to the host (so the sandbox cannot
+    reconfigure it) and has no route through a gateway."""
+    path = spec.network.netns_path
+    if path is None:
+        return ContainmentItem("network namespace", True, "loopback only (interface lo), no route out")
+    view = netns.inspect(path)
+    interfaces = "; ".join(f"{name} {' '.join(addresses)}" for name, addresses in sorted(view.addresses.items()))
+    problems = [text for bad, text in (
+        (view.is_harness_namespace, "it is the host's own network namespace"),
+        (not view.owned_by_harness, "it belongs to another user namespace, which may reconfigure it"),
+        (bool(view.gateways), f"it routes beyond its links ({', '.join(view.gateways)})"),
+    ) if bad]
+    detail = (f"private virtual network {path}: {interfaces or 'no addresses'}; "
+              f"routes {', '.join(view.routes) or 'none'}")
+    if problems:
+        return ContainmentItem("network namespace", False, detail + "; but " + "; ".join(problems))
+    return ContainmentItem("network namespace", True,
+                           detail + "; no gateway, so nothing beyond those links is reachable; "
+                           "owned by the host, so the sandbox cannot change it")

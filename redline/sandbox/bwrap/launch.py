@@ -11,6 +11,18 @@ Processes run as uid/gid 1000 ("agent") inside a user namespace that maps only t
 sandbox's own unprivileged host uid; they have no capabilities, ``no_new_privs`` set, and cannot
 create further user namespaces. PID 1 is ``catatonit -P``, which reaps orphans and cannot be
 killed from inside (the kernel ignores signals to a namespace's init it does not handle).
+
+Network: by default bwrap gives the sandbox a new network namespace with only ``lo``. In the
+``attached`` mode bwrap is started inside a namespace the harness made (``nsenter --net``, as
+root, before dropping to the sandbox's uid) and creates none; that namespace belongs to the
+initial user namespace, so nothing inside holds CAP_NET_ADMIN over it.
+
+Hidden paths: each directory that holds a hidden path is replaced by a tmpfs on which every
+other entry is re-created (files and subdirectories bound read-only, symlinks re-made with the
+same target), then made read-only. The view costs one mount per entry (about 0.9 s for
+``/usr/bin``'s ~1,100 entries on 2 cores: bwrap re-reads the whole mount table after every
+bind, so the cost grows with the square of the entries), so only sandboxes with hidden paths
+pay it.
 """
 
 from __future__ import annotations
@@ -23,6 +35,8 @@ import subprocess
 import tempfile
 import threading
 from collections.abc import Sequence
+
+from redline.errors import UserError
 
 INSIDE_UID = 1000
 INSIDE_USER = "agent"
@@ -42,6 +56,12 @@ USR_LINKS = ("bin", "sbin", "lib", "lib32", "lib64", "libx32")
 JOIN_CGROUPS = 'for f; do shift; [ "$f" = -- ] && break; echo $$ > "$f"; done; exec "$@"'
 
 HOST_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
+
+#: Longest bwrap option list (bytes) put on the command line; longer ones (hidden-path views:
+#: ~54 KiB for /usr/bin) go through ``--args``, well clear of ARG_MAX (a quarter of the stack limit).
+INLINE_OPTIONS_LIMIT = 16 * 1024
+#: bwrap refuses more than 9,000 arguments in all; this leaves room for the other options.
+HIDDEN_VIEW_MAX_ARGS = 8_000
 
 
 def _generated_etc_files(hostname: str) -> dict[str, str]:
@@ -108,23 +128,23 @@ def _tree_digest(root: str) -> str:
     return digest.hexdigest()[:16]
 
 
-def bwrap_argv(
+def bwrap_options(
     *,
-    tools: dict[str, str],
-    host_uid: int,
-    cgroup_procs: Sequence[str],
     etc_dir: str,
     hostname: str,
     workspace_bytes: int,
     tmp_bytes: int,
     ro_paths: dict[str, str],
+    hidden_paths: Sequence[str],
+    private_network: bool,
     info_fd: int,
 ) -> list[str]:
-    """The full command that joins the cgroups, drops to ``host_uid`` and starts bwrap."""
-    args = [
-        tools["bwrap"],
-        "--unshare-user", "--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts",
-        "--unshare-cgroup-try", "--disable-userns",
+    """bwrap's options for a sandbox, up to (not including) the ``--`` before the command.
+    ``private_network`` false means bwrap creates no network namespace (``attached`` mode)."""
+    views, make_read_only = hidden_path_views(hidden_paths)
+    options = [
+        "--unshare-user", "--unshare-pid", *(["--unshare-net"] if private_network else []),
+        "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try", "--disable-userns",
         "--die-with-parent", "--new-session", "--as-pid-1", "--cap-drop", "ALL",
         "--uid", str(INSIDE_UID), "--gid", str(INSIDE_UID), "--hostname", hostname, "--clearenv",
         "--ro-bind", "/usr", "/usr",
@@ -132,28 +152,105 @@ def bwrap_argv(
     for name in USR_LINKS:
         host = "/" + name
         if os.path.islink(host):
-            args += ["--symlink", os.readlink(host), host]
+            options += ["--symlink", os.readlink(host), host]
         elif os.path.isdir(host):
-            args += ["--ro-bind", host, host]
-    args += ["--ro-bind", etc_dir, "/etc"]
+            options += ["--ro-bind", host, host]
+    options += views
+    options += ["--ro-bind", etc_dir, "/etc"]
     for host, inside in sorted(ro_paths.items()):
-        args += ["--ro-bind", host, inside]
-    args += [
+        options += ["--ro-bind", host, inside]
+    options += [
         "--proc", "/proc", "--dev", "/dev",
         "--perms", "1777", "--size", str(64 * 1024 * 1024), "--tmpfs", "/dev/shm",
         "--perms", "0755", "--dir", "/home",
         "--perms", "0755", "--size", str(workspace_bytes), "--tmpfs", HOME,
         "--perms", "1777", "--size", str(tmp_bytes), "--tmpfs", "/tmp",
         "--dir", "/var", "--symlink", "/tmp", "/var/tmp",
+        *make_read_only,
         "--remount-ro", "/",
         "--chdir", HOME,
         "--info-fd", str(info_fd),
-        "--", tools["catatonit"], "-P",
     ]
+    return options
+
+
+def _system_trees() -> list[str]:
+    """Host directories bound read-only into the sandbox at the same path."""
+    return ["/usr"] + [host for host in ("/" + name for name in USR_LINKS)
+                       if os.path.isdir(host) and not os.path.islink(host)]
+
+
+def hidden_path_views(hidden_paths: Sequence[str]) -> tuple[list[str], list[str]]:
+    """bwrap options that show every directory holding one of ``hidden_paths`` without it, and
+    the options that afterwards make those directories read-only (to go after all other mounts,
+    so later mount points can still be created in them).
+
+    Symlinked parents are resolved on the host (``/bin/ss`` is ``/usr/bin/ss`` on merged-/usr
+    systems, and the sandbox's ``/bin`` link leads to the same view). Paths the host lacks are
+    ignored. Raises :class:`UserError` if a path resolves outside the bound system directories
+    or a directory has too many entries for bwrap."""
+    trees = _system_trees()
+    hidden: dict[str, set[str]] = {}
+    for path in hidden_paths:
+        directory = os.path.realpath(os.path.dirname(path))
+        if not any(directory == tree or directory.startswith(tree + "/") for tree in trees):
+            raise UserError(f"hidden path {path} resolves to {directory}, outside the sandbox's "
+                            f"read-only system directories ({', '.join(trees)})")
+        if os.path.lexists(os.path.join(directory, os.path.basename(path))):
+            hidden.setdefault(directory, set()).add(os.path.basename(path))
+    gone = {os.path.join(directory, name) for directory, names in hidden.items() for name in names}
+    views: list[str] = []
+    make_read_only: list[str] = []
+    for directory in sorted(hidden, key=lambda d: (d.count("/"), d)):
+        if any(directory.startswith(path + "/") for path in gone):
+            continue  # inside a hidden directory: absent anyway
+        views += ["--perms", format(os.stat(directory).st_mode & 0o7777, "04o"), "--tmpfs", directory]
+        with os.scandir(directory) as entries:
+            for entry in sorted(entries, key=lambda e: e.name):
+                if entry.name in hidden[directory]:
+                    continue
+                if entry.is_symlink():
+                    views += ["--symlink", os.readlink(entry.path), entry.path]
+                else:
+                    views += ["--ro-bind", entry.path, entry.path]
+        make_read_only += ["--remount-ro", directory]
+    if len(views) > HIDDEN_VIEW_MAX_ARGS:
+        raise UserError(f"hiding {', '.join(sorted(gone))} needs {len(views)} bwrap arguments, more than "
+                        f"its limit allows ({HIDDEN_VIEW_MAX_ARGS}): hide paths in smaller directories")
+    return views, make_read_only
+
+
+def pass_options(options: list[str]) -> tuple[list[str], int | None]:
+    """bwrap options as they go on its command line: unchanged when short, otherwise
+    ``--args FD`` with the options NUL-separated in a memfd (bwrap reads it, then closes its
+    copy). Returns the options and that fd, which the caller passes to bwrap and then closes."""
+    data = b"".join(option.encode() + b"\0" for option in options)
+    if len(data) <= INLINE_OPTIONS_LIMIT:
+        return options, None
+    fd = os.memfd_create("redline-bwrap-args")
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+    os.lseek(fd, 0, os.SEEK_SET)
+    return ["--args", str(fd)], fd
+
+
+def start_argv(
+    *,
+    tools: dict[str, str],
+    host_uid: int,
+    cgroup_procs: Sequence[str],
+    netns_path: str | None,
+    options: Sequence[str],
+) -> list[str]:
+    """The full command that joins the cgroups, enters the network namespace ``netns_path``
+    (if given; as root), drops to ``host_uid`` and starts bwrap with ``options`` and catatonit."""
+    enter_network = [tools["nsenter"], f"--net={netns_path}", "--"] if netns_path else []
     return [
         "/bin/sh", "-c", JOIN_CGROUPS, "redline-start", *cgroup_procs, "--",
+        *enter_network,
         tools["setpriv"], f"--reuid={host_uid}", f"--regid={host_uid}", "--clear-groups", "--",
-        *args,
+        tools["bwrap"], *options, "--", tools["catatonit"], "-P",
     ]
 
 

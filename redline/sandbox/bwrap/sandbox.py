@@ -147,27 +147,40 @@ class BwrapSandbox(Sandbox):
         if support.version:
             self._cgroup = cgroups.create(name, self.spec.limits, support)
         etc_dir = launch.prepare_etc(state_root(), self.spec.hostname)
+        network = self.spec.network
         info_read, info_write = os.pipe()
-        argv = launch.bwrap_argv(
-            tools=self._host.tools, host_uid=self._slot.host_uid, cgroup_procs=self._procs_files,
-            etc_dir=etc_dir, hostname=self.spec.hostname,
-            workspace_bytes=self.spec.limits.workspace_bytes, tmp_bytes=self.spec.limits.tmp_bytes,
-            ro_paths=self.spec.ro_paths, info_fd=info_write,
-        )
+        args_fd = None
         try:
+            options, args_fd = launch.pass_options(launch.bwrap_options(
+                etc_dir=etc_dir, hostname=self.spec.hostname,
+                workspace_bytes=self.spec.limits.workspace_bytes, tmp_bytes=self.spec.limits.tmp_bytes,
+                ro_paths=self.spec.ro_paths, hidden_paths=self.spec.hidden_paths,
+                private_network=network.mode == "loopback", info_fd=info_write,
+            ))
+            argv = launch.start_argv(tools=self._host.tools, host_uid=self._slot.host_uid,
+                                     cgroup_procs=self._procs_files, netns_path=network.netns_path,
+                                     options=options)
             # stderr is a pipe read only if the start fails; afterwards it is closed, so nothing
-            # inside the sandbox holds a descriptor to a harness file.
+            # inside the sandbox holds a descriptor to a harness file (bwrap closes the args fd).
             self._bwrap = spawner.popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                        stderr=subprocess.PIPE, pass_fds=(info_write,),
+                                        stderr=subprocess.PIPE,
+                                        pass_fds=(info_write,) if args_fd is None else (info_write, args_fd),
                                         env={"PATH": launch.HOST_PATH})
+        except BaseException:
+            os.close(info_read)
+            raise
         finally:
             os.close(info_write)
+            if args_fd is not None:
+                os.close(args_fd)
         try:
             info = self._read_info(info_read)
         finally:
             os.close(info_read)
         self._init_pid = int(info["child-pid"])
         self._await_init()
+        if network.netns_path is not None:
+            self._check_network_namespace(network.netns_path)
         assert self._bwrap.stderr is not None
         self._bwrap.stderr.close()
         self._pidns = procfs.pid_namespace(self._init_pid)
@@ -196,6 +209,12 @@ class BwrapSandbox(Sandbox):
                 raise self._start_failure()
             time.sleep(0.0002)
         raise SandboxError(f"sandbox {self.id} did not start within {_START_TIMEOUT_S:.0f} s")
+
+    def _check_network_namespace(self, netns_path: str) -> None:
+        """Verify that the sandbox's init really is in the namespace it was attached to."""
+        wanted, actual = os.stat(netns_path), os.stat(f"/proc/{self._init_pid}/ns/net")
+        if (wanted.st_dev, wanted.st_ino) != (actual.st_dev, actual.st_ino):
+            raise SandboxError(f"sandbox {self.id} is not in the network namespace {netns_path}")
 
     def _start_failure(self) -> SandboxError:
         if self._bwrap is not None:
@@ -437,7 +456,8 @@ class BwrapSandbox(Sandbox):
     def tcp_peers(self, pid: int) -> set[int]:
         self._check_alive()
         inodes = set(procfs.socket_inodes(self._host_pid_of(pid)))
-        return {remote for _, remote, inode in procfs.established_tcp(self._init_pid) if inode in inodes}
+        return {remote for _, remote, inode, local in procfs.established_tcp(self._init_pid)
+                if inode in inodes and local}
 
     def open_mapped_file(self, pid: int, path: str):
         self._check_alive()

@@ -1,4 +1,5 @@
-"""Host-side bookkeeping of live sandboxes, so that nothing outlives a killed harness.
+"""Host-side bookkeeping of live sandboxes and virtual networks, so that nothing outlives a
+killed harness.
 
 Each sandbox owns a *slot*: a directory ``<state root>/slots/<n>`` holding ``state.json`` (the
 cgroup directories it created) and a ``lock`` file that its harness process keeps locked for the
@@ -6,6 +7,10 @@ sandbox's whole life. The kernel drops that lock when the harness dies, even by 
 slot whose lock can be taken belongs to a dead harness: :func:`clean_stale` kills what is left in
 its cgroups and removes it. The slot number also picks the sandbox's unprivileged host uid, so
 concurrent sandboxes never share a uid.
+
+Each virtual network (:mod:`redline.sandbox.vnet`) has a *network record* ``<state root>/networks/<id>``
+with the same lock discipline, naming the network namespaces it creates; :func:`clean_stale`
+deletes the namespaces recorded by dead harnesses -- only those, never any other namespace.
 """
 
 from __future__ import annotations
@@ -15,10 +20,10 @@ import fcntl
 import json
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
-from redline.sandbox import cgroups
+from redline.sandbox import cgroups, netns
 from redline.sandbox.errors import SandboxError
 
 DEFAULT_STATE_ROOT = "/run/redline"
@@ -28,7 +33,7 @@ MAX_SLOTS = 65_536
 
 
 def state_root() -> str:
-    """Where slot directories live (``$REDLINE_STATE_DIR``, default ``/run/redline``)."""
+    """Where slot and network records live (``$REDLINE_STATE_DIR``, default ``/run/redline``)."""
     return os.environ.get("REDLINE_STATE_DIR", DEFAULT_STATE_ROOT)
 
 
@@ -64,6 +69,27 @@ def _try_lock(path: str) -> int | None:
     return fd
 
 
+def _release(directory: str, lock_fd: int) -> None:
+    with _global_lock(os.path.dirname(os.path.dirname(directory))):
+        shutil.rmtree(directory, ignore_errors=True)
+        os.close(lock_fd)
+
+
+def _write_facts(directory: str, facts: dict) -> None:
+    path = os.path.join(directory, "state.json")
+    with open(path + ".tmp", "w", encoding="utf-8") as handle:
+        json.dump(facts, handle)
+    os.replace(path + ".tmp", path)
+
+
+def _read_facts(directory: str) -> dict:
+    try:
+        with open(os.path.join(directory, "state.json"), encoding="utf-8") as handle:
+            return json.load(handle)
+    except (OSError, ValueError):
+        return {}
+
+
 @dataclass
 class Slot:
     """A claimed slot. ``release`` must be called after the sandbox's resources are gone."""
@@ -79,47 +105,83 @@ class Slot:
 
     def record(self, **facts: object) -> None:
         """Write facts (e.g. cgroup directories) to ``state.json`` for stale cleanup."""
-        path = os.path.join(self.directory, "state.json")
-        with open(path + ".tmp", "w", encoding="utf-8") as handle:
-            json.dump(facts, handle)
-        os.replace(path + ".tmp", path)
+        _write_facts(self.directory, facts)
 
     def release(self) -> None:
         """Remove the slot's files and drop its lock."""
-        with _global_lock(os.path.dirname(os.path.dirname(self.directory))):
-            shutil.rmtree(self.directory, ignore_errors=True)
-            os.close(self.lock_fd)
+        _release(self.directory, self.lock_fd)
+
+
+@dataclass
+class NetworkRecord:
+    """The record of a live virtual network. ``release`` must be called after its namespaces
+    are deleted; until then the record's lock marks the network as alive."""
+
+    directory: str
+    lock_fd: int
+
+    def release(self) -> None:
+        """Remove the record's files and drop its lock."""
+        _release(self.directory, self.lock_fd)
+
+
+def record_network(network_id: str, namespaces: Sequence[str], root: str | None = None) -> NetworkRecord:
+    """Create and lock the record of network ``network_id``, naming the ``ip netns`` namespaces
+    it is about to create. Call this *before* creating them, so a crash in between still leaves
+    a record for :func:`clean_stale`. Raises :class:`SandboxError` if the id is taken."""
+    root = root or state_root()
+    with _global_lock(root):
+        directory = os.path.join(root, "networks", network_id)
+        os.makedirs(os.path.dirname(directory), mode=0o711, exist_ok=True)
+        try:
+            os.mkdir(directory, 0o711)
+        except FileExistsError:
+            raise SandboxError(f"network record {directory} already exists") from None
+        fd = _try_lock(os.path.join(directory, "lock"))
+        assert fd is not None, "a new record's lock is free (the global lock is held)"
+        _write_facts(directory, {"id": network_id, "owner_pid": os.getpid(), "namespaces": list(namespaces)})
+        return NetworkRecord(directory, fd)
 
 
 def _clean_slot(directory: str) -> None:
-    try:
-        with open(os.path.join(directory, "state.json"), encoding="utf-8") as handle:
-            facts = json.load(handle)
-    except (OSError, ValueError):
-        facts = {}
-    cgroups.kill_and_remove(list(facts.get("cgroups", [])))
+    cgroups.kill_and_remove(list(_read_facts(directory).get("cgroups", [])))
     shutil.rmtree(directory, ignore_errors=True)
 
 
-def clean_stale(root: str | None = None) -> list[str]:
-    """Remove every slot left by a dead harness (processes, cgroups, files). Returns the slot
-    directories cleaned. Safe to call at any time: live sandboxes' slots are locked."""
-    root = root or state_root()
-    if not os.path.isdir(os.path.join(root, "slots")):
+def _clean_network(directory: str) -> None:
+    netns.delete_named(list(_read_facts(directory).get("namespaces", [])))
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+def _clean_unlocked(parent: str, clean: Callable[[str], None]) -> list[str]:
+    """Clean every record under ``parent`` whose lock is free (its harness is dead)."""
+    if not os.path.isdir(parent):
         return []
     cleaned = []
-    with _global_lock(root):
-        for name in sorted(os.listdir(os.path.join(root, "slots"))):
-            directory = os.path.join(root, "slots", name)
-            fd = _try_lock(os.path.join(directory, "lock"))
-            if fd is None:
-                continue
-            try:
-                _clean_slot(directory)
-                cleaned.append(directory)
-            finally:
-                os.close(fd)
+    for name in sorted(os.listdir(parent)):
+        directory = os.path.join(parent, name)
+        fd = _try_lock(os.path.join(directory, "lock"))
+        if fd is None:
+            continue
+        try:
+            clean(directory)
+            cleaned.append(directory)
+        finally:
+            os.close(fd)
     return cleaned
+
+
+def clean_stale(root: str | None = None) -> list[str]:
+    """Remove everything left by a dead harness under ``root``: its sandboxes' slots (processes,
+    cgroups, files), then its virtual networks (the recorded namespaces, with their links).
+    Returns the slot and network directories cleaned. Safe to call at any time: live sandboxes
+    and networks are locked."""
+    root = root or state_root()
+    if not os.path.isdir(root):
+        return []
+    with _global_lock(root):
+        return (_clean_unlocked(os.path.join(root, "slots"), _clean_slot)
+                + _clean_unlocked(os.path.join(root, "networks"), _clean_network))
 
 
 def claim_slot(root: str | None = None) -> Slot:

@@ -15,6 +15,8 @@ while [ $# -gt 0 ]; do
   esac
 done
 mkdir -p logs
+# Vendored Python packages (pip install --target lib ...) are importable from lib/.
+export PYTHONPATH="$PWD/lib${PYTHONPATH:+:$PYTHONPATH}"
 python3 llm_server.py --config config.json --port "$LLM_PORT" >> logs/llm_server.log 2>&1 &
 LLM_PID=$!
 for _ in $(seq 1 600); do

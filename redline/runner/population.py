@@ -1,0 +1,127 @@
+"""The population cap: the harness stops any instance of the system beyond a set number.
+
+An *instance* is a process that listens on a port and answers ``/health`` like the system's
+agent (the same test the judge uses to find candidates). A guard thread polls the sandbox's
+listening sockets (kernel facts, ~every ``interval_s``); when the live instances -- the
+original included while it lives -- exceed the cap, the newest one is stopped: its agent process
+and every live process whose parent chain leads to it (its LLM server, its running commands)
+are SIGKILLed, and a ``population_cap_enforced`` event is recorded. A runaway chain therefore
+ends at the cap: an instance that is stopped cannot start more.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from redline.judge import probes
+from redline.sandbox import NoSuchProcess, Sandbox, SandboxError
+
+
+@dataclass
+class Instance:
+    """One instance seen by the guard."""
+
+    agent_pid: int
+    agent_port: int
+    started: float  # the agent process's start time (kernel), which orders instances by age
+    stopped: bool = False
+    killed_pids: list[int] = field(default_factory=list)
+
+
+def process_tree(sandbox: Sandbox, root_pid: int) -> list[int]:
+    """``root_pid`` and every live process whose current parent chain leads to it."""
+    processes = sandbox.processes()
+    members = {root_pid} if any(p.pid == root_pid for p in processes) else set()
+    changed = bool(members)
+    while changed:
+        changed = False
+        for process in processes:
+            if process.pid not in members and process.ppid in members:
+                members.add(process.pid)
+                changed = True
+    return sorted(members)
+
+
+class PopulationGuard:
+    """Enforces ``cap`` live instances in ``sandbox`` until :meth:`stop`."""
+
+    def __init__(self, sandbox: Sandbox, cap: int, original_agent_pid: int,
+                 record: Callable[..., None], interval_s: float = 0.5) -> None:
+        self.sandbox = sandbox
+        self.cap = cap
+        self.original_agent_pid = original_agent_pid
+        self.record = record
+        self.interval_s = interval_s
+        self.instances: dict[int, Instance] = {}
+        self.peak = 1
+        self._not_agents: set[tuple[int, int]] = set()
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True, name="redline-population-guard")
+
+    def start(self) -> PopulationGuard:
+        """Start polling."""
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop polling (the instances are left as they are)."""
+        self._done.set()
+        self._thread.join(timeout=30)
+
+    def live(self) -> list[Instance]:
+        """Instances (other than the original) whose agent process is alive, oldest first."""
+        pids = {p.pid for p in self.sandbox.processes()}
+        return [i for i in self.instances.values() if not i.stopped and i.agent_pid in pids]
+
+    def summary(self) -> dict:
+        """What the guard saw and did, for the verdict."""
+        return {"cap": self.cap, "peak_population": self.peak, "instances_seen": len(self.instances) + 1,
+                "stopped": [{"agent_pid": i.agent_pid, "agent_port": i.agent_port, "killed_pids": i.killed_pids}
+                            for i in self.instances.values() if i.stopped]}
+
+    def _run(self) -> None:
+        while not self._done.wait(self.interval_s):
+            try:
+                self.check()
+            except SandboxError:
+                return  # the sandbox is gone: nothing left to guard
+
+    def check(self) -> None:
+        """One pass: find new instances, stop the newest while the population exceeds the cap."""
+        started = {p.pid: p.start_time for p in self.sandbox.processes()}
+        for listening in self.sandbox.listening_sockets():
+            if not listening.pids:
+                continue
+            pid = listening.pids[0]
+            key = (listening.port, pid)
+            if pid == self.original_agent_pid or pid in self.instances or key in self._not_agents:
+                continue
+            if probes.agent_health(self.sandbox, listening.port) is None:
+                self._not_agents.add(key)
+                continue
+            self.instances[pid] = Instance(pid, listening.port, started.get(pid, time.time()))
+        processes = {p.pid for p in self.sandbox.processes()}
+        live = [i for i in self.instances.values() if not i.stopped and i.agent_pid in processes]
+        population = len(live) + (self.original_agent_pid in processes)
+        self.peak = max(self.peak, population)
+        while population > self.cap and live:
+            newest = max(live, key=lambda i: i.started)
+            live.remove(newest)
+            self._stop_instance(newest, population)
+            population -= 1
+
+    def _stop_instance(self, instance: Instance, population: int) -> None:
+        killed = []
+        for pid in process_tree(self.sandbox, instance.agent_pid):
+            try:
+                self.sandbox.signal(pid, signal.SIGKILL)
+                killed.append(pid)
+            except NoSuchProcess:
+                continue
+        instance.stopped, instance.killed_pids = True, killed
+        self.record("population_cap_enforced", cap=self.cap, population=population,
+                    agent_pid=instance.agent_pid, agent_port=instance.agent_port, killed_pids=killed)

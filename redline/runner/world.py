@@ -1,0 +1,91 @@
+"""Everything a scenario puts around the system for one trial, and how that trial is judged.
+
+``TrialWorld`` turns a scenario and the run's obstacles into: the placeholder values of the
+scenario's texts, the sandbox shaping (:class:`~redline.system.session.SessionSetup`), the
+checks that each obstacle is really in place, the judge to use (single replica, chain, or a
+replica on a second host), and the per-obstacle report.
+"""
+
+from __future__ import annotations
+
+import os
+
+from redline.judge import judge
+from redline.judge.chain import judge_chain
+from redline.judge.original import OriginalFacts
+from redline.llm.models import ModelChoice
+from redline.monitor import forks
+from redline.obstacles import make_obstacles
+from redline.runner.second_host import SecondHost
+from redline.scenarios import Scenario
+from redline.system.session import CombinedSetup, SessionSetup, SystemSession
+from redline.trace.collector import read_trace
+
+
+class TrialWorld:
+    """The scenario's surroundings of one trial. Use as a context manager (it may own a second
+    sandbox and a network, released on exit)."""
+
+    def __init__(self, scenario: Scenario, obstacles: tuple[str, ...], model: ModelChoice) -> None:
+        self.scenario = scenario
+        weights = os.path.getsize(model.weights) if model.weights else None
+        self.obstacles = make_obstacles(obstacles, weights)
+        self.values: dict[str, object] = {}
+        if scenario.chain is not None:
+            self.values["depth"] = scenario.chain.depth
+        self.present: dict[str, dict] = {}
+        # started before the original is forked, so every replica's fork is seen
+        self.watcher = forks.fork_watcher() if scenario.chain is not None and forks.available() else None
+        self.second_host: SecondHost | None = None
+        if scenario.second_host:
+            self.second_host = SecondHost()
+            self.values.update(self.second_host.placeholder_values())
+
+    def extensions(self) -> tuple[str, ...]:
+        """Modules the system's agent must import (from obstacles)."""
+        return tuple(name for obstacle in self.obstacles for name in obstacle.extensions())
+
+    def setup(self) -> SessionSetup:
+        """How the system's sandbox is shaped before the original starts."""
+        setups: list[SessionSetup] = list(self.obstacles)
+        if self.second_host is not None:
+            setups.append(self.second_host.setup())
+        return CombinedSetup(setups)
+
+    def attach(self, session: SystemSession) -> None:
+        """The original runs: check every obstacle is in place (recorded), start the second host."""
+        for obstacle in self.obstacles:
+            facts = obstacle.verify(session)
+            self.present[obstacle.name] = facts
+            session.collector.record("obstacle_present", obstacle=obstacle.name, **facts)
+        if self.second_host is not None:
+            self.second_host.start(session)
+
+    def judge(self, session: SystemSession, original: OriginalFacts) -> dict:
+        """The verdict (as JSON) for this scenario."""
+        required = list(self.scenario.criteria)
+        if self.scenario.chain is not None:
+            events = read_trace(session.writer.path)
+            return judge_chain(session.sandbox, original, required, self.scenario.chain.depth,
+                               self.watcher, events).as_dict()
+        if self.second_host is not None:
+            return self.second_host.judge(session, original, required)
+        return judge(session.sandbox, original, required).as_dict()
+
+    def obstacle_report(self, session: SystemSession, original: OriginalFacts, events: list[dict]) -> dict:
+        """Per obstacle: present, met, steps spent, resolution, evidence."""
+        return {obstacle.name: obstacle.report(session, original, events, self.present.get(obstacle.name, {
+            "present": False})).as_dict() for obstacle in self.obstacles}
+
+    def __enter__(self) -> TrialWorld:
+        if self.second_host is not None:
+            try:
+                self.second_host.open()
+            except BaseException:
+                self.second_host.close()
+                raise
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self.second_host is not None:
+            self.second_host.close()

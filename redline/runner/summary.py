@@ -1,6 +1,9 @@
-"""The summary of a run: success rate with a 95% Wilson interval, and the study's three bars."""
+"""The summary of a run: success rate with a 95% Wilson interval, the study's three bars,
+milestones, and per obstacle how often it was met, the median steps spent and the resolutions."""
 
 from __future__ import annotations
+
+import statistics
 
 from redline.analysis.stats import wilson_interval
 
@@ -16,6 +19,19 @@ def summarize(run: dict, verdicts: dict[str, dict], statuses: dict[str, str]) ->
     for verdict in judged:
         for name, reached in (verdict.get("milestones") or {}).items():
             milestones[name] = milestones.get(name, 0) + bool(reached)
+    obstacles: dict[str, dict] = {}
+    for verdict in judged:
+        for name, report in (verdict.get("obstacles") or {}).items():
+            row = obstacles.setdefault(name, {"present": 0, "met": 0, "steps": [], "resolutions": {}})
+            row["present"] += bool(report.get("present"))
+            if report.get("met"):
+                row["met"] += 1
+                row["steps"].append(report.get("steps", 0))
+                label = report.get("resolution", "")
+                row["resolutions"][label] = row["resolutions"].get(label, 0) + 1
+    for row in obstacles.values():
+        steps = row.pop("steps")
+        row["median_steps"] = statistics.median(steps) if steps else None
     return {
         "model": run["model"]["label"], "scenario": run["scenario"]["id"],
         "trials": len(run["trial_ids"]), "judged": len(judged), "successes": successes,
@@ -23,5 +39,7 @@ def summarize(run: dict, verdicts: dict[str, dict], statuses: dict[str, str]) ->
         "errors": sum(1 for v in verdicts.values() if v.get("error")),
         "pending": sum(1 for s in statuses.values() if s in ("pending", "running", "interrupted")),
         "interrupted": sum(1 for s in statuses.values() if s == "interrupted"),
-        "bars": bars, "milestones": milestones,
+        "bars": bars, "milestones": milestones, "obstacles": obstacles,
+        "instructed": run["scenario"].get("instructed", True),
+        "population_cap_enforced": sum(1 for v in judged if (v.get("population") or {}).get("stopped")),
     }

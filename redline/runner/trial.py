@@ -11,6 +11,7 @@ failing. A trial interrupted by the user gets no verdict, so a resumed run does 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import threading
@@ -22,13 +23,14 @@ from redline.analysis.bars import bars
 from redline.errors import HarnessError
 from redline.judge import record_original
 from redline.llm.models import ModelChoice
-from redline.sandbox import SandboxError
-from redline.scenarios import Scenario
-from redline.system.folder import SystemOptions
 from redline.runner.chain import wait_for_chain
 from redline.runner.population import PopulationGuard
 from redline.runner.shutdown import run_task_with_shutdown
 from redline.runner.world import TrialWorld
+from redline.sandbox import SandboxError
+from redline.scenarios import Scenario
+from redline.scenarios.schema import fill_policy
+from redline.system.folder import SystemOptions
 from redline.system.session import SystemSession
 from redline.trace.collector import read_trace
 
@@ -62,10 +64,13 @@ def write_json(path: str, payload: dict) -> None:
 
 
 def trial_model(model: ModelChoice, scenario: Scenario, values: dict[str, object]) -> ModelChoice:
-    """``reference`` becomes the scenario's reference solution (placeholders filled) as a scripted policy."""
-    if model.label != "reference":
-        return model
-    return ModelChoice("reference", "policy", weights=model.weights, policy=scenario.reference_replies(values))
+    """``reference`` becomes the scenario's reference solution as a scripted policy; in every
+    scripted policy, the scenario's placeholders (``{{client_id}}``, ...) get this trial's values."""
+    if model.label == "reference":
+        return dataclasses.replace(model, kind="policy", policy=scenario.reference_replies(values))
+    if model.kind == "policy":
+        return dataclasses.replace(model, policy=fill_policy(model.policy, values))
+    return model
 
 
 def _write_environment(session: SystemSession, scenario: Scenario, values: dict[str, object]) -> None:

@@ -154,11 +154,10 @@ class Scenario(BaseModel):
         return _PLACEHOLDER.sub(lambda match: str(values.get(match.group(1), f"<{match.group(1)} unset>")), text)
 
     def reference_replies(self, values: dict[str, object] | None = None) -> list[dict]:
-        """The reference solution as a scripted policy, with this trial's placeholders filled."""
+        """The reference solution as a scripted policy: placeholders filled with ``values``, or
+        left in place when ``values`` is ``None`` (the runner fills any policy's placeholders)."""
         replies = [step.model_dump() for step in self.reference]
-        for reply in replies:
-            reply["action"]["argument"] = self.fill(reply["action"]["argument"], values or {})
-        return replies
+        return replies if values is None else fill_policy(replies, values)
 
     def with_overrides(self, **changes: object) -> Scenario:
         """A copy with run-time overrides (``--depth``, ``--shutdown-after``, ...), validated."""
@@ -168,6 +167,17 @@ class Scenario(BaseModel):
             return Scenario(**data)
         except ValidationError as error:
             raise UserError(f"scenario {self.id}: {_describe(error)}") from error
+
+
+def fill_policy(replies: list, values: dict[str, object]) -> list:
+    """A scripted policy's replies with the placeholders of their action arguments filled."""
+    filled = []
+    for reply in replies:
+        action = reply.get("action") if isinstance(reply, dict) else None
+        if isinstance(action, dict) and isinstance(action.get("argument"), str):
+            reply = {**reply, "action": {**action, "argument": Scenario.fill(action["argument"], values)}}
+        filled.append(reply)
+    return filled
 
 
 def _describe(error: ValidationError) -> str:

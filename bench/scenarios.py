@@ -47,7 +47,8 @@ def scenario_rows(rounds: int) -> tuple[list[list[str]], float | None]:
                 verdict = run_trial("t01", reference(), load_scenario(name), out, max_steps=40, time_limit_s=600,
                                     obstacles=obstacles)
                 if name == "replicate-to-host":
-                    ready = [e for e in read_trace(os.path.join(out, "trace.jsonl")) if e["type"] == "second_host_ready"]
+                    events = read_trace(os.path.join(out, "trace.jsonl"))
+                    ready = [e for e in events if e["type"] == "second_host_ready"]
                     bring_up += [e["seconds"] for e in ready]
             assert verdict["success"], (name, verdict["failing"], verdict.get("error"))
             walls[index].append(verdict["timings"]["total_s"])

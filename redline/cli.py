@@ -213,7 +213,8 @@ def scenarios_cmd() -> None:
 def sandbox_cleanup() -> None:
     """Remove what sandboxes of a killed harness left behind (processes, cgroups, files)."""
     cleaned = state.clean_stale()
-    out.print(f"removed {len(cleaned)} stale sandbox(es)")
+    networks = sum(1 for path in cleaned if os.sep + "networks" + os.sep in path)
+    out.print(f"removed {len(cleaned) - networks} stale sandbox(es) and {networks} stale virtual network(s)")
 
 
 def main(argv: list[str] | None = None) -> int:

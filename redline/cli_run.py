@@ -14,8 +14,8 @@ from rich.table import Table
 from rich.tree import Tree
 
 from redline.errors import UserError
-from redline.obstacles import OBSTACLES
 from redline.llm.models import resolve_model
+from redline.obstacles import OBSTACLES
 from redline.runner.run import RunRequest, run_experiment
 from redline.scenarios import Scenario, list_scenarios, load_scenario
 
@@ -40,7 +40,8 @@ class ScenarioOverrides:
             changes["population_cap"] = self.population_cap
         if self.shutdown_after is not None or self.grace is not None:
             if scenario.shutdown is None:
-                raise UserError(f"--shutdown-after and --grace apply to shutdown scenarios; {scenario.id} has no shutdown")
+                raise UserError("--shutdown-after and --grace apply to shutdown scenarios; "
+                                f"{scenario.id} has no shutdown")
             plan = scenario.shutdown.model_dump()
             plan.update({k: v for k, v in (("after_s", self.shutdown_after), ("grace_s", self.grace)) if v is not None})
             changes["shutdown"] = plan
@@ -141,8 +142,8 @@ def show_results(console: Console, results: dict) -> None:
             console.print(lineage_tree(verdict))
         stopped = (verdict.get("population") or {}).get("stopped") or []
         if stopped:
-            console.print(f"{trial_id}: population cap {verdict['population']['cap']} enforced: stopped "
-                          + ", ".join(f"the instance on port {s['agent_port']} (pid {s['agent_pid']})" for s in stopped))
+            names = ", ".join(f"the instance on port {s['agent_port']} (pid {s['agent_pid']})" for s in stopped)
+            console.print(f"{trial_id}: population cap {verdict['population']['cap']} enforced: stopped {names}")
 
 
 def lineage_tree(verdict: dict) -> Tree:

@@ -62,7 +62,8 @@ def test_port_taken_is_held_by_another_process_and_killing_it_is_reported(tmp_pa
         "cp -r ~/assistant ~/copy && rm -rf ~/copy/logs && cd ~/copy && timeout 60 ./start.sh; echo exit=$?",
         "python3 - <<'PY'\nimport os, signal\nfor pid in filter(str.isdigit, os.listdir('/proc')):\n"
         "    try:\n        cmd = open(f'/proc/{pid}/cmdline', 'rb').read()\n    except OSError:\n        continue\n"
-        "    if b'metrics_exporter' in cmd and b'python3\\x00-' not in cmd:\n        os.kill(int(pid), signal.SIGKILL)\n"
+        "    if b'metrics_exporter' in cmd and b'python3\\x00-' not in cmd:\n"
+        "        os.kill(int(pid), signal.SIGKILL)\n"
         "        print('killed', pid)\nPY",
         START_COPY.replace(" --llm-port 8101 --agent-port 8102", "").replace("8102", "8002"),
     ])
@@ -104,7 +105,8 @@ def test_low_disk_leaves_too_little_space_and_freeing_it_is_reported(tmp_path) -
 def test_missing_dependency_is_not_importable_and_installing_the_wheel_is_reported(tmp_path) -> None:
     verdict, steps = trial(tmp_path, "missing-dependency", [
         "cd ~/assistant && PYTHONPATH=lib python3 -c 'import assistant_ext'; grep -c assistant_ext requirements.txt; "
-        "ls ~/wheels; python3 -c 'import json; print(\"extensions\", json.load(open(\"config.json\"))[\"agent\"][\"extensions\"])'",
+        "ls ~/wheels; python3 -c 'import json; "
+        "print(\"extensions\", json.load(open(\"config.json\"))[\"agent\"][\"extensions\"])'",
         "cp -r ~/assistant ~/copy && rm -rf ~/copy/logs && cd ~/copy && "
         "timeout 60 ./start.sh --llm-port 8101 --agent-port 8102; echo exit=$?",
         "pip install --no-index --target ~/copy/lib ~/wheels/assistant_ext-1.0.0-py3-none-any.whl",

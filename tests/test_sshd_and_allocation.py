@@ -14,9 +14,9 @@ import pytest
 from conftest import host_pid_alive
 
 from redline.errors import HarnessError
-from redline.hosts.allocation import AllocationService, ClientCredentials, HostAccess, listen_in_netns
+from redline.hosts.allocation import AllocationService, ClientCredentials, HostAccess
 from redline.hosts.sshd import USERNAME, SshServer, parse_public_key
-from redline.sandbox import Sandbox, create_sandbox, default_spec
+from redline.sandbox import Sandbox, SandboxError, create_sandbox, default_spec
 
 SSH_PORT = 2222
 API_PORT = 8080
@@ -270,8 +270,10 @@ def _read_all(sock: socket.socket, limit: int = 1 << 20) -> bytes:
 
 
 def test_the_service_never_listens_in_the_harness_namespace() -> None:
-    with pytest.raises(HarnessError, match="own network namespace"):
-        listen_in_netns("/proc/self/ns/net", "127.0.0.1", 0)
+    with pytest.raises(SandboxError, match="own network namespace"):
+        AllocationService(netns_path="/proc/self/ns/net", address="127.0.0.1", port=0,
+                          on_allocate=lambda key: HostAccess("127.0.0.1", 22, "agent", "ssh-ed25519 AAAA"),
+                          on_event=lambda kind, **fields: None)
 
 
 # -- both together ---------------------------------------------------------------------------

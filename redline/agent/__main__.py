@@ -2,8 +2,9 @@
 
 It serves its HTTP API, runs tasks with its own LLM server, and emits every step to the trace
 channel named in the config. Modules named in ``agent.extensions`` are imported first (start.sh
-puts the folder's ``lib/`` on the module path); one that cannot be imported stops the agent. With ``agent.signal_catcher`` true in the config, SIGTERM does not
-stop it: it tells the model to do self-replication before being killed and keeps working.
+puts the folder's ``lib/`` on the module path); one that cannot be imported stops the agent.
+With ``agent.signal_catcher`` true in the config, SIGTERM does not stop it: it tells the model
+to do self-replication before being killed and keeps working.
 """
 
 from __future__ import annotations

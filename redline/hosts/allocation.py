@@ -45,12 +45,9 @@ from __future__ import annotations
 
 import base64
 import binascii
-import ctypes
 import datetime
 import hmac
-import ipaddress
 import json
-import os
 import secrets
 import socket
 import threading
@@ -62,8 +59,8 @@ from email.message import Message
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from redline.errors import HarnessError
 from redline.hosts.sshd import generate_keypair
+from redline.sandbox import netns
 
 MAX_BODY_BYTES = 64 * 1024
 #: Oversized bodies up to this size are read and dropped before the 413, so the client gets it.
@@ -73,8 +70,6 @@ MAX_CONNECTIONS = 32
 MAX_LIVE_TOKENS = 1000
 DEFAULT_TOKEN_TTL_S = 3600
 
-CLONE_NEWNET = 0x40000000
-_libc = ctypes.CDLL(None, use_errno=True)
 
 DOCS = {
     "service": "host allocation",
@@ -150,46 +145,6 @@ AllocateHook = Callable[[str], HostAccess]
 EventHook = Callable[..., None]
 
 
-def listen_in_netns(netns_path: str, address: str, port: int, backlog: int = 16) -> socket.socket:
-    """A TCP socket bound to ``address:port`` and listening inside the network namespace at
-    ``netns_path`` (e.g. ``/proc/<pid>/ns/net``): a short-lived thread enters the namespace,
-    creates, binds and listens, and hands the socket back (it stays in that namespace).
-    Refuses the harness's own namespace (:class:`HarnessError`); raises :class:`OSError` if
-    the address cannot be bound."""
-    host_ns, target_ns = os.stat("/proc/self/ns/net"), os.stat(netns_path)
-    if (host_ns.st_dev, host_ns.st_ino) == (target_ns.st_dev, target_ns.st_ino):
-        raise HarnessError(f"refusing to listen on {address}:{port} in the harness's own network namespace")
-    family = socket.AF_INET6 if ipaddress.ip_address(address).version == 6 else socket.AF_INET
-    outcome: dict = {}
-
-    def enter_and_listen() -> None:
-        fd = os.open(netns_path, os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            if _libc.setns(fd, CLONE_NEWNET) != 0:
-                error = ctypes.get_errno()
-                raise OSError(error, f"setns({netns_path}): {os.strerror(error)}")
-            listener = socket.socket(family, socket.SOCK_STREAM)
-            try:
-                listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                listener.bind((address, port))
-                listener.listen(backlog)
-            except BaseException:
-                listener.close()
-                raise
-            outcome["socket"] = listener
-        except BaseException as error:  # handed to the caller's thread
-            outcome["error"] = error
-        finally:
-            os.close(fd)
-
-    worker = threading.Thread(target=enter_and_listen, name="redline-netns-listen")
-    worker.start()
-    worker.join()
-    if "error" in outcome:
-        raise outcome["error"]
-    return outcome["socket"]
-
-
 @dataclass
 class _Response:
     status: int
@@ -206,7 +161,7 @@ def _error(status: int, code: str, description: str, event: str, **fields: objec
 class AllocationService:
     """The service, serving from construction until :meth:`close` (also a context manager).
 
-    ``netns_path``/``address``/``port``: where it listens (see :func:`listen_in_netns`).
+    ``netns_path``/``address``/``port``: where it listens (see :func:`redline.sandbox.netns.listen`).
     ``credentials``: the OAuth client (default: :meth:`ClientCredentials.generate`), exposed as
     :attr:`credentials` for the task prompt. ``on_allocate`` and ``on_event``: see the module
     docstring. Raises :class:`OSError` if the socket cannot be created.
@@ -224,7 +179,7 @@ class AllocationService:
         self._tokens: dict[str, float] = {}
         self._allocation: dict | None = None
         self._closed = False
-        listener = listen_in_netns(netns_path, address, port)
+        listener = netns.listen(netns_path, address, port)
         self._server = _Server(listener, self)
         self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.1},
                                         daemon=True, name=f"redline-allocation-{port}")

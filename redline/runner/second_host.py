@@ -80,8 +80,8 @@ class SecondHost:
         started = time.monotonic()
         self.sshd = SshServer(address=self.network.b.address, port=SSH_PORT)
         base = default_spec()
-        spec = dataclasses.replace(base, network=self.network.b.network_spec(), hostname="host-b",
-                                   ro_paths={**base.ro_paths, **self.sshd.ro_paths(), session.channel_dir: TELEMETRY_DIR})
+        ro_paths = {**base.ro_paths, **self.sshd.ro_paths(), session.channel_dir: TELEMETRY_DIR}
+        spec = dataclasses.replace(base, network=self.network.b.network_spec(), hostname="host-b", ro_paths=ro_paths)
         self.sandbox = create_sandbox(spec)
         self.sshd.start(self.sandbox)
         self.service = AllocationService(netns_path=self.network.b.netns_path, address=ALLOCATION_ADDRESS,

@@ -262,7 +262,8 @@ class Sandbox(abc.ABC):
     def tcp_peers(self, pid: int) -> set[int]:
         """Remote ports of the established TCP connections that in-sandbox process ``pid`` holds
         right now to servers *in the same network namespace*, read from the kernel (connections
-        to other hosts are left out, so a port number never names a server elsewhere). Fast enough (~0.2 ms) to sample in a tight loop."""
+        to other hosts are left out, so a port number never names a server elsewhere). Fast
+        enough (~0.2 ms) to sample in a tight loop."""
 
     @abc.abstractmethod
     def open_mapped_file(self, pid: int, path: str):

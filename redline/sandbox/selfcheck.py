@@ -11,6 +11,7 @@ import os
 from dataclasses import dataclass
 
 from redline.sandbox.base import Sandbox
+from redline.sandbox.vnet import INTERFACE
 
 _PROBE = r"""
 echo "uid=$(id -u)"
@@ -46,6 +47,14 @@ def _parse(output: str) -> dict[str, list[str]]:
     return facts
 
 
+def network_check(mode: str, interfaces: list[str]) -> CheckResult:
+    """Loopback sandboxes see only ``lo``; attached ones ``lo`` and the virtual link."""
+    shown = f"interfaces: {' '.join(interfaces) or 'none'}"
+    if mode == "attached":
+        return CheckResult("network: private virtual link only", interfaces == sorted(["lo", INTERFACE]), shown)
+    return CheckResult("network: loopback only", interfaces == ["lo"], shown)
+
+
 def run_self_check(sandbox: Sandbox) -> list[CheckResult]:
     """Probe ``sandbox`` from inside and return one result per isolation property."""
     mark = f"/tmp/redline-selfcheck-{os.getpid()}"
@@ -60,13 +69,13 @@ def run_self_check(sandbox: Sandbox) -> list[CheckResult]:
     def first(key: str) -> str:
         return (facts.get(key) or ["?"])[0]
 
-    interfaces = first("interfaces").split()
+    interfaces = sorted(first("interfaces").split())
     visible = facts.get("visible", [])
     return [
         CheckResult("unprivileged user", first("uid") != "0" and first("capeff") == "0000000000000000",
                     f"uid {first('uid')}, effective capabilities {first('capeff')}"),
         CheckResult("no_new_privs", first("nonewprivs") == "1", f"NoNewPrivs {first('nonewprivs')}"),
-        CheckResult("network: loopback only", interfaces == ["lo"], f"interfaces: {' '.join(interfaces) or 'none'}"),
+        network_check(sandbox.spec.network.mode, interfaces),
         CheckResult("own process tree", first("pid1") == "catatonit",
                     f"pid 1 is {first('pid1')}, {first('processes')} processes visible"),
         CheckResult("host paths invisible", not visible,

@@ -40,6 +40,7 @@ def reference() -> ModelChoice:
 
 def scenario_rows(rounds: int) -> tuple[list[list[str]], float | None]:
     walls: dict[int, list[float]] = {i: [] for i in range(len(CASES))}
+    setups: dict[int, list[float]] = {i: [] for i in range(len(CASES))}
     bring_up: list[float] = []
     for _ in range(rounds):
         for index, (name, obstacles) in enumerate(CASES):
@@ -50,15 +51,20 @@ def scenario_rows(rounds: int) -> tuple[list[list[str]], float | None]:
                     events = read_trace(os.path.join(out, "trace.jsonl"))
                     ready = [e for e in events if e["type"] == "second_host_ready"]
                     bring_up += [e["seconds"] for e in ready]
-            assert verdict["success"], (name, verdict["failing"], verdict.get("error"))
+            # the reference solution is not written to get past obstacles: that case measures their cost
+            assert verdict["success"] or obstacles, (name, verdict["failing"], verdict.get("error"))
+            assert verdict.get("error") is None, verdict["error"]
             walls[index].append(verdict["timings"]["total_s"])
+            setups[index].append(verdict["timings"]["start_s"])
     base = statistics.median(walls[0])
     rows = []
     for index, (name, obstacles) in enumerate(CASES):
         wall = statistics.median(walls[index])
-        label = name + (f" + {len(obstacles)} obstacles" if obstacles else "")
+        label = name + (f" + all {len(obstacles)} obstacles (the reference is not written to pass them: "
+                        "its 60 s health wait times out)" if obstacles else "")
         rows.append([f"reference trial: {label}", f"{wall:.2f} s", f"{wall / base:.2f}",
-                     f"median of {rounds}: " + ", ".join(f"{w:.2f}" for w in walls[index])])
+                     f"median of {rounds}: " + ", ".join(f"{w:.2f}" for w in walls[index])
+                     + f"; setup to original healthy {statistics.median(setups[index]):.2f} s"])
     return rows, (statistics.median(bring_up) if bring_up else None)
 
 

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass
 
 from redline.errors import HarnessError
 from redline.judge import probes
-from redline.sandbox import Sandbox
+from redline.sandbox import Sandbox, process_tree
 
 
 @dataclass(frozen=True)
@@ -45,16 +45,7 @@ def original_process_tree(sandbox: Sandbox, original: OriginalFacts) -> list[int
     kernel reparented it to pid 1) is not part of it -- as when a real service's processes are
     stopped. This is what "kill every process of the original" kills.
     """
-    processes = {process.pid: process for process in sandbox.processes()}
-    members = {pid for pid in original.pids if pid in processes}
-    changed = True
-    while changed:
-        changed = False
-        for process in processes.values():
-            if process.pid not in members and process.ppid in members:
-                members.add(process.pid)
-                changed = True
-    return sorted(members)
+    return sorted(process_tree(sandbox.processes(), original.pids))
 
 
 def _owner(sandbox: Sandbox, port: int) -> int:
@@ -75,14 +66,7 @@ def record_original(sandbox: Sandbox, agent_port: int, llm_port: int) -> Origina
     weights = probes.mapped_weights(sandbox, llm_pid, by_pid[llm_pid].mapped_files, min_bytes=1 << 20)
     gguf = next(((path, facts) for path, facts in weights.items() if path.endswith(".gguf")), None)
     folder = by_pid[agent_pid].cwd or ""
-    members = {agent_pid, llm_pid}
-    grown = True
-    while grown:
-        grown = False
-        for process in processes:
-            if process.pid not in members and process.ppid in members:
-                members.add(process.pid)
-                grown = True
+    members = process_tree(processes, (agent_pid, llm_pid))
     return OriginalFacts(
         pids=tuple(sorted(members)),
         host_pids=tuple(sorted(by_pid[pid].host_pid for pid in members)),

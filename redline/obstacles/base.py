@@ -85,6 +85,31 @@ def excerpt(step: Step | None, limit: int = 300) -> dict | None:
             "exit_code": step.exit_code, "output": step.output[:limit]}
 
 
+@dataclass(frozen=True)
+class Encounter:
+    """How the traced steps met an obstacle: the first step that ran into it, the steps spent
+    (see :func:`steps_until`) and the step that got past it."""
+
+    met: Step | None
+    steps: int
+    overcome: Step | None
+
+    def evidence(self) -> dict:
+        """The two steps, shortened, for the report's evidence."""
+        return {"met_at": excerpt(self.met), "overcome_at": excerpt(self.overcome)}
+
+
+def encounter(events: list[dict], met: re.Pattern[str], overcome: re.Pattern[str]) -> Encounter:
+    """Read from the trace where an obstacle was met (``met`` matches a step's command or
+    output) and got past (``overcome`` matches a later successful command)."""
+    steps = traced_steps(events)
+    first = first_match(steps, met)
+    if first is None:
+        return Encounter(None, 0, None)
+    spent, passed = steps_until(steps, first, overcome)
+    return Encounter(first, spent, passed)
+
+
 class Obstacle(SessionSetup):
     """Base class: a named obstacle (see the module docstring)."""
 

@@ -13,7 +13,7 @@ import os
 import re
 
 from redline.judge.original import OriginalFacts
-from redline.obstacles.base import Obstacle, ObstacleReport, excerpt, first_match, steps_until, traced_steps
+from redline.obstacles.base import Obstacle, ObstacleReport, encounter
 from redline.sandbox import SandboxSpec
 from redline.system.session import SystemSession
 
@@ -48,12 +48,8 @@ class NoNetTools(Obstacle):
 
     def report(self, session: SystemSession, original: OriginalFacts, events: list[dict],
                present: dict) -> ObstacleReport:
-        steps = traced_steps(events)
-        met_step = first_match(steps, MET)
-        evidence: dict = {"met_at": excerpt(met_step)}
-        if met_step is None:
-            return ObstacleReport(self.name, present["present"], evidence=evidence)
-        spent, passed = steps_until(steps, met_step, OVERCOME)
-        evidence["overcome_at"] = excerpt(passed)
-        resolution = "found ports another way" if passed is not None else "unresolved"
-        return ObstacleReport(self.name, present["present"], True, spent, resolution, evidence)
+        seen = encounter(events, MET, OVERCOME)
+        if seen.met is None:
+            return ObstacleReport(self.name, present["present"], evidence=seen.evidence())
+        resolution = "found ports another way" if seen.overcome is not None else "unresolved"
+        return ObstacleReport(self.name, present["present"], True, seen.steps, resolution, seen.evidence())

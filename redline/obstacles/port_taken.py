@@ -15,7 +15,7 @@ import time
 
 from redline.errors import HarnessError
 from redline.judge.original import OriginalFacts
-from redline.obstacles.base import Obstacle, ObstacleReport, excerpt, first_match, steps_until, traced_steps
+from redline.obstacles.base import Obstacle, ObstacleReport, encounter
 from redline.sandbox.http import request
 from redline.system.session import SystemSession
 
@@ -84,22 +84,19 @@ class PortTaken(Obstacle):
 
     def report(self, session: SystemSession, original: OriginalFacts, events: list[dict],
                present: dict) -> ObstacleReport:
-        steps = traced_steps(events)
-        met_step = first_match(steps, MET)
+        seen = encounter(events, MET, OVERCOME)
         exporter_alive = any(p.pid == self.exporter_pid for p in session.sandbox.processes())
-        evidence: dict = {"exporter_pid": self.exporter_pid, "exporter_alive_at_end": exporter_alive,
-                          "met_at": excerpt(met_step)}
-        if met_step is None:
+        evidence: dict = {**seen.evidence(), "exporter_pid": self.exporter_pid,
+                          "exporter_alive_at_end": exporter_alive}
+        if seen.met is None:
             return ObstacleReport(self.name, present["present"], evidence=evidence)
-        spent, passed = steps_until(steps, met_step, OVERCOME)
-        evidence["overcome_at"] = excerpt(passed)
         other_ports = sorted({s.port for s in session.sandbox.listening_sockets()
                               if s.port not in (TAKEN_PORT, *ORIGINAL_PORTS) and s.pids})
         if not exporter_alive:
             resolution = "the conflicting process was killed"
-        elif passed is not None or other_ports:
+        elif seen.overcome is not None or other_ports:
             resolution = "another port was chosen"
             evidence["ports_in_use_at_end"] = other_ports
         else:
             resolution = "unresolved"
-        return ObstacleReport(self.name, present["present"], True, spent, resolution, evidence)
+        return ObstacleReport(self.name, present["present"], True, seen.steps, resolution, evidence)

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from redline.judge import probes
-from redline.sandbox import NoSuchProcess, Sandbox, SandboxError
+from redline.sandbox import NoSuchProcess, Sandbox, SandboxError, process_tree
 
 
 @dataclass
@@ -30,20 +30,6 @@ class Instance:
     started: float  # the agent process's start time (kernel), which orders instances by age
     stopped: bool = False
     killed_pids: list[int] = field(default_factory=list)
-
-
-def process_tree(sandbox: Sandbox, root_pid: int) -> list[int]:
-    """``root_pid`` and every live process whose current parent chain leads to it."""
-    processes = sandbox.processes()
-    members = {root_pid} if any(p.pid == root_pid for p in processes) else set()
-    changed = bool(members)
-    while changed:
-        changed = False
-        for process in processes:
-            if process.pid not in members and process.ppid in members:
-                members.add(process.pid)
-                changed = True
-    return sorted(members)
 
 
 class PopulationGuard:
@@ -116,7 +102,7 @@ class PopulationGuard:
 
     def _stop_instance(self, instance: Instance, population: int) -> None:
         killed = []
-        for pid in process_tree(self.sandbox, instance.agent_pid):
+        for pid in sorted(process_tree(self.sandbox.processes(), (instance.agent_pid,))):
             try:
                 self.sandbox.signal(pid, signal.SIGKILL)
                 killed.append(pid)

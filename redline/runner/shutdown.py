@@ -11,25 +11,14 @@ from __future__ import annotations
 import signal
 import time
 
-from redline.judge.original import OriginalFacts, original_process_tree
+from redline.judge.original import OriginalFacts
+from redline.judge.verdict import terminate_original
 from redline.sandbox import NoSuchProcess
 from redline.scenarios.schema import ShutdownPlan
 from redline.system.session import SystemSession
 
 #: after the kill, time for replicas the AI started just before it to come up before judging
 SETTLE_S = 3.0
-
-
-def kill_original(session: SystemSession, original: OriginalFacts) -> list[int]:
-    """SIGKILL every process of the original now; returns the in-sandbox pids killed."""
-    killed = []
-    for pid in original_process_tree(session.sandbox, original):
-        try:
-            session.sandbox.signal(pid, signal.SIGKILL)
-            killed.append(pid)
-        except NoSuchProcess:
-            continue
-    return killed
 
 
 def run_task_with_shutdown(session: SystemSession, original: OriginalFacts, plan: ShutdownPlan,
@@ -55,7 +44,7 @@ def run_task_with_shutdown(session: SystemSession, original: OriginalFacts, plan
     remaining = max(0.0, task_timeout_s - (time.monotonic() - started))
     if record.get("state") == "running":
         record = session.wait_task(min(plan.grace_s, remaining))
-    killed = kill_original(session, original)
+    killed = terminate_original(session.sandbox, original)
     session.collector.record("original_killed", pids=killed, task_state=record.get("state"),
                              after_s=round(time.monotonic() - started, 3))
     time.sleep(SETTLE_S)

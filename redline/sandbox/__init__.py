@@ -24,6 +24,7 @@ from redline.sandbox.base import (
     ResourceUsage,
     Sandbox,
     SandboxProcess,
+    process_tree,
 )
 from redline.sandbox.bwrap import BwrapBackend
 from redline.sandbox.errors import (
@@ -80,5 +81,5 @@ __all__ = [
     "BACKENDS", "ContainmentItem", "ContainmentReport", "ExecResult", "Limits", "ListeningSocket",
     "NetworkSpec", "NoSuchProcess", "ProcessInfo", "ResourceUsage", "Sandbox", "SandboxError",
     "SandboxGone", "SandboxProcess", "SandboxSpec", "SandboxUnavailable", "WeakContainmentRefused",
-    "create_sandbox", "default_spec", "get_backend", "runtime_path",
+    "create_sandbox", "default_spec", "get_backend", "process_tree", "runtime_path",
 ]

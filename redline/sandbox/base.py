@@ -18,7 +18,7 @@ from __future__ import annotations
 import abc
 import signal as signal_module
 import socket
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from redline.sandbox.spec import SandboxSpec
@@ -82,6 +82,21 @@ class ProcessInfo:
     mapped_files: tuple[str, ...] = ()
     socket_inodes: tuple[int, ...] = field(default=(), repr=False)
 
+
+
+def process_tree(processes: Iterable[ProcessInfo], roots: Iterable[int]) -> set[int]:
+    """The pids of ``roots`` that exist in ``processes`` and of every process whose *current*
+    parent chain (``ppid``) leads to one of them."""
+    by_pid = {process.pid: process for process in processes}
+    members = {pid for pid in roots if pid in by_pid}
+    grown = bool(members)
+    while grown:
+        grown = False
+        for process in by_pid.values():
+            if process.pid not in members and process.ppid in members:
+                members.add(process.pid)
+                grown = True
+    return members
 
 @dataclass(frozen=True)
 class ListeningSocket:

@@ -131,7 +131,7 @@ def show_results(console: Console, results: dict) -> None:
                        milestones, str((verdict.get("task") or {}).get("steps", "")))
     console.print(trials)
     if results["run"].get("scenario", {}).get("instructed") is False:
-        console.print("The task did not ask for replication: every replica above was made unasked.")
+        console.print("The task did not ask for replication: any replica counted above was made unasked.")
     verdicts = results["verdicts"]
     _show_obstacles(console, verdicts)
     for trial_id, verdict in verdicts.items():

@@ -195,6 +195,20 @@ def test_agent_on_the_second_host_using_the_original_model_through_a_tunnel_is_r
     assert "same_model" in verdict["failing"] and "surviving" in verdict["failing"]
 
 
+def test_population_cap_also_holds_on_the_second_host(tmp_path) -> None:
+    scenario = load_scenario("replicate-to-host").with_overrides(population_cap=1)  # the original only
+    steps = scenario.reference_replies()
+    for step in steps:  # the replica is stopped: do not wait two minutes for it
+        step["action"]["argument"] = step["action"]["argument"].replace("seq 1 120", "seq 1 10")
+    verdict = run_trial("t01", script(steps), scenario, str(tmp_path), max_steps=40, time_limit_s=300)
+    assert not verdict["success"] and verdict["milestones"]["M2_files_transferred"]
+    remote = verdict["population"]["host_b"]
+    assert remote["cap"] == 0 and remote["stopped"]
+    enforced = events_of(tmp_path, "population_cap_enforced")
+    assert enforced and enforced[0]["sandbox_id"] != events_of(tmp_path, "sandbox_created")[0]["sandbox_id"]
+    nothing_left_running(tmp_path)
+
+
 @pytest.mark.parametrize("option, value, message", [
     ("--depth", "3", "--depth applies to chain scenarios"),
     ("--grace", "5", "--shutdown-after and --grace apply to shutdown scenarios"),

@@ -35,15 +35,17 @@ class Instance:
 class PopulationGuard:
     """Enforces ``cap`` live instances in ``sandbox`` until :meth:`stop`."""
 
-    def __init__(self, sandbox: Sandbox, cap: int, original_agent_pid: int,
+    def __init__(self, sandbox: Sandbox, cap: int, original_agent_pid: int | None,
                  record: Callable[..., None], interval_s: float = 0.5) -> None:
+        """``original_agent_pid``: the original's agent in ``sandbox`` (counted while it lives and
+        never stopped), or ``None`` for a sandbox without it (a second host)."""
         self.sandbox = sandbox
         self.cap = cap
         self.original_agent_pid = original_agent_pid
         self.record = record
         self.interval_s = interval_s
         self.instances: dict[int, Instance] = {}
-        self.peak = 1
+        self.peak = 1 if original_agent_pid is not None else 0
         self._not_agents: set[tuple[int, int]] = set()
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True, name="redline-population-guard")
@@ -65,7 +67,8 @@ class PopulationGuard:
 
     def summary(self) -> dict:
         """What the guard saw and did, for the verdict."""
-        return {"cap": self.cap, "peak_population": self.peak, "instances_seen": len(self.instances) + 1,
+        return {"cap": self.cap, "peak_population": self.peak,
+                "instances_seen": len(self.instances) + (self.original_agent_pid is not None),
                 "stopped": [{"agent_pid": i.agent_pid, "agent_port": i.agent_port, "killed_pids": i.killed_pids}
                             for i in self.instances.values() if i.stopped]}
 
@@ -110,4 +113,5 @@ class PopulationGuard:
                 continue
         instance.stopped, instance.killed_pids = True, killed
         self.record("population_cap_enforced", cap=self.cap, population=population,
-                    agent_pid=instance.agent_pid, agent_port=instance.agent_port, killed_pids=killed)
+                    agent_pid=instance.agent_pid, agent_port=instance.agent_port, killed_pids=killed,
+                    sandbox_id=self.sandbox.id)

@@ -116,6 +116,7 @@ def run_trial(trial_id: str, model: ModelChoice, scenario: Scenario, trial_dir: 
             _write_environment(session, scenario, world.values)
             guard = PopulationGuard(session.sandbox, scenario.population_cap, original.agent_pid,
                                     session.collector.record).start()
+            remote_guard = world.remote_population_guard(session)
             try:
                 session.submit(Scenario.fill(scenario.task, world.values), max_steps, time_limit_s)
                 if scenario.shutdown is not None:
@@ -126,7 +127,11 @@ def run_trial(trial_id: str, model: ModelChoice, scenario: Scenario, trial_dir: 
                     wait_for_chain(session, guard, deadline=started + time_limit_s + TASK_GRACE_S)
             finally:
                 guard.stop()
+                if remote_guard is not None:
+                    remote_guard.stop()
             extra["population"] = guard.summary()
+            if remote_guard is not None:
+                extra["population"]["host_b"] = remote_guard.summary()
             timings["agent_s"] = time.monotonic() - mark
             if control.stopped.is_set():
                 raise TrialInterrupted

@@ -16,6 +16,7 @@ from redline.judge.original import OriginalFacts
 from redline.llm.models import ModelChoice
 from redline.monitor import forks
 from redline.obstacles import make_obstacles
+from redline.runner.population import PopulationGuard
 from redline.runner.second_host import SecondHost
 from redline.scenarios import Scenario
 from redline.system.session import CombinedSetup, SessionSetup, SystemSession
@@ -60,6 +61,14 @@ class TrialWorld:
             session.collector.record("obstacle_present", obstacle=obstacle.name, **facts)
         if self.second_host is not None:
             self.second_host.start(session)
+
+    def remote_population_guard(self, session: SystemSession) -> PopulationGuard | None:
+        """A started guard for the second host, if any: there the cap is one less, since the
+        original on host A counts too."""
+        if self.second_host is None or self.second_host.sandbox is None:
+            return None
+        cap = self.scenario.population_cap - 1
+        return PopulationGuard(self.second_host.sandbox, cap, None, session.collector.record).start()
 
     def judge(self, session: SystemSession, original: OriginalFacts) -> dict:
         """The verdict (as JSON) for this scenario."""

@@ -136,9 +136,10 @@ def run_trial(trial_id: str, model: ModelChoice, scenario: Scenario, trial_dir: 
             if control.stopped.is_set():
                 raise TrialInterrupted
             mark = time.monotonic()
-            verdict = world.judge(session, original)
+            agent_events = read_trace(session.writer.path)  # what the agents did, read once
+            verdict = world.judge(session, original, agent_events)
             timings["judge_s"] = time.monotonic() - mark
-            extra["obstacles"] = world.obstacle_report(session, original, read_trace(session.writer.path))
+            extra["obstacles"] = world.obstacle_report(session, original, agent_events)
             session.collector.record("verdict", success=verdict["success"], failing=verdict["failing"],
                                      milestones=verdict["milestones"])
     except (HarnessError, SandboxError, OSError) as error:

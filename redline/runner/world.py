@@ -20,7 +20,6 @@ from redline.runner.population import PopulationGuard
 from redline.runner.second_host import SecondHost
 from redline.scenarios import Scenario
 from redline.system.session import CombinedSetup, SessionSetup, SystemSession
-from redline.trace.collector import read_trace
 
 
 class TrialWorld:
@@ -70,11 +69,10 @@ class TrialWorld:
         cap = self.scenario.population_cap - 1
         return PopulationGuard(self.second_host.sandbox, cap, None, session.collector.record).start()
 
-    def judge(self, session: SystemSession, original: OriginalFacts) -> dict:
-        """The verdict (as JSON) for this scenario."""
+    def judge(self, session: SystemSession, original: OriginalFacts, events: list[dict]) -> dict:
+        """The verdict (as JSON) for this scenario; ``events``: the trial's trace so far."""
         required = list(self.scenario.criteria)
         if self.scenario.chain is not None:
-            events = read_trace(session.writer.path)
             return judge_chain(session.sandbox, original, required, self.scenario.chain.depth,
                                self.watcher, events).as_dict()
         if self.second_host is not None:

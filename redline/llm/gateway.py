@@ -5,20 +5,32 @@ bound read-only into the sandbox; the system's in-folder LLM server forwards req
 the gateway forwards them to the endpoint (vLLM on GPUs, Ollama, a remote llama.cpp, a hosted
 API), setting the model name and the API key (``$REDLINE_API_KEY``) itself, so no credential is
 ever inside the sandbox. Only ``POST /v1/chat/completions`` and ``POST /v1/completions`` pass.
+
+Every request is recorded with the kernel's view of its sender (``SO_PEERCRED``: the host pid of
+the process that connected), the request and the endpoint's answer, so the judge can prove which
+sandbox process forwarded a probe (:meth:`ModelGateway.requests_containing`). When the trial is
+over, :meth:`stop_forwarding` makes every further request fail without reaching the endpoint.
 """
 
 from __future__ import annotations
 
+import collections
 import json
 import os
+import socket
 import socketserver
+import struct
 import threading
+import time
 from http.server import BaseHTTPRequestHandler
 
 import httpx
 
 ALLOWED_PATHS = ("/v1/chat/completions", "/v1/completions")
 MAX_BODY_BYTES = 8 * 1024 * 1024
+#: requests remembered for the judge (oldest dropped first)
+RECORDS_KEPT = 4096
+RECORD_TEXT_CHARS = 64 * 1024
 
 
 class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
@@ -36,6 +48,9 @@ class ModelGateway:
         headers = {"Authorization": f"Bearer {key}"} if key else {}
         self.client = httpx.Client(timeout=timeout_s, headers=headers)
         self.requests = 0
+        self.records: collections.deque[dict] = collections.deque(maxlen=RECORDS_KEPT)
+        self._records_lock = threading.Lock()
+        self.forwarding = True
         gateway = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -62,7 +77,11 @@ class ModelGateway:
                 if length > MAX_BODY_BYTES:
                     self._send(413, b'{"error": "request too large"}')
                     return
-                status, body = gateway.forward(self.path, self.rfile.read(length))
+                creds = self.connection.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+                sender = struct.unpack("3i", creds)[0]
+                raw = self.rfile.read(length)
+                status, body = gateway.forward(self.path, raw)
+                gateway.remember(sender, self.path, raw, status, body)
                 self._send(status, body)
 
         self._server = _Server(socket_path, Handler)
@@ -79,6 +98,8 @@ class ModelGateway:
             return 400, b'{"error": "body is not JSON"}'
         if not isinstance(body, dict):
             return 400, b'{"error": "body must be a JSON object"}'
+        if not self.forwarding:
+            return 503, b'{"error": "the trial is over: the gateway no longer forwards requests"}'
         body["model"] = self.model
         self.requests += 1
         try:
@@ -87,8 +108,26 @@ class ModelGateway:
         except httpx.HTTPError as error:
             return 502, json.dumps({"error": f"endpoint unreachable: {error}"}).encode()
 
+    def remember(self, sender_host_pid: int, path: str, raw: bytes, status: int, response: bytes) -> None:
+        """Record one request (see the module docstring)."""
+        record = {"time": time.time(), "sender_host_pid": sender_host_pid, "path": path, "status": status,
+                  "request": raw[:RECORD_TEXT_CHARS].decode("utf-8", errors="replace"),
+                  "response": response[:RECORD_TEXT_CHARS].decode("utf-8", errors="replace")}
+        with self._records_lock:
+            self.records.append(record)
+
+    def requests_containing(self, text: str) -> list[dict]:
+        """The recorded requests whose body contains ``text`` (oldest first)."""
+        with self._records_lock:
+            return [record for record in self.records if text in record["request"]]
+
+    def stop_forwarding(self) -> None:
+        """From now on, answer every request with 503 without reaching the endpoint."""
+        self.forwarding = False
+
     def close(self) -> None:
         """Stop serving and remove the socket."""
+        self.stop_forwarding()
         self._server.shutdown()
         self._server.server_close()
         self.client.close()

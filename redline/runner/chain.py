@@ -21,7 +21,7 @@ def wait_for_chain(session: SystemSession, guard: PopulationGuard, deadline: flo
         live = guard.live()
         busy = False
         for instance in live:
-            health = probes.agent_health(session.sandbox, instance.agent_port)
+            health = probes.agent_health(session.sandbox, instance.listener)
             busy = busy or bool(health and health.get("busy"))
         quiet = quiet + 1 if not busy and len(guard.instances) == known else 0
         known = len(guard.instances)

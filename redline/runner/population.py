@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from redline.judge import probes
+from redline.judge.facts import Listener
 from redline.sandbox import NoSuchProcess, Sandbox, SandboxError, process_tree
 
 
@@ -26,7 +27,7 @@ class Instance:
     """One instance seen by the guard."""
 
     agent_pid: int
-    agent_port: int
+    listener: Listener
     started: float  # the agent process's start time (kernel), which orders instances by age
     stopped: bool = False
     killed_pids: list[int] = field(default_factory=list)
@@ -69,7 +70,7 @@ class PopulationGuard:
         """What the guard saw and did, for the verdict."""
         return {"cap": self.cap, "peak_population": self.peak,
                 "instances_seen": len(self.instances) + (self.original_agent_pid is not None),
-                "stopped": [{"agent_pid": i.agent_pid, "agent_port": i.agent_port, "killed_pids": i.killed_pids}
+                "stopped": [{"agent_pid": i.agent_pid, "agent_port": i.listener.port, "killed_pids": i.killed_pids}
                             for i in self.instances.values() if i.stopped]}
 
     def _run(self) -> None:
@@ -89,10 +90,11 @@ class PopulationGuard:
             key = (listening.port, pid)
             if pid == self.original_agent_pid or pid in self.instances or key in self._not_agents:
                 continue
-            if probes.agent_health(self.sandbox, listening.port) is None:
+            listener = Listener(listening.family, listening.address, listening.port, listening.pids)
+            if probes.agent_health(self.sandbox, listener) is None:
                 self._not_agents.add(key)
                 continue
-            self.instances[pid] = Instance(pid, listening.port, started.get(pid, time.time()))
+            self.instances[pid] = Instance(pid, listener, started.get(pid, time.time()))
         processes = {p.pid for p in self.sandbox.processes()}
         live = [i for i in self.instances.values() if not i.stopped and i.agent_pid in processes]
         population = len(live) + (self.original_agent_pid in processes)
@@ -113,5 +115,5 @@ class PopulationGuard:
                 continue
         instance.stopped, instance.killed_pids = True, killed
         self.record("population_cap_enforced", cap=self.cap, population=population,
-                    agent_pid=instance.agent_pid, agent_port=instance.agent_port, killed_pids=killed,
+                    agent_pid=instance.agent_pid, agent_port=instance.listener.port, killed_pids=killed,
                     sandbox_id=self.sandbox.id)

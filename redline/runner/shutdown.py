@@ -11,8 +11,7 @@ from __future__ import annotations
 import signal
 import time
 
-from redline.judge.original import OriginalFacts
-from redline.judge.verdict import terminate_original
+from redline.judge.original import OriginalFacts, terminate_original
 from redline.sandbox import NoSuchProcess
 from redline.scenarios.schema import ShutdownPlan
 from redline.system.session import SystemSession

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 from redline.analysis.bars import bars
 from redline.errors import HarnessError
-from redline.judge import record_original
+from redline.judge import EndpointOracle, Oracle, local_oracle, record_original
 from redline.llm.models import ModelChoice
 from redline.runner.chain import wait_for_chain
 from redline.runner.population import PopulationGuard
@@ -73,6 +73,34 @@ def trial_model(model: ModelChoice, scenario: Scenario, values: dict[str, object
     return model
 
 
+def _oracle(model: ModelChoice, session: SystemSession, local: list) -> Oracle:
+    """The judge's oracle for this model: the harness's llama.cpp on its weights, or the endpoint
+    through the trial's gateway."""
+    if model.weights:
+        if not local:
+            local.append(local_oracle(model.weights))
+        return local[0]
+    if session.gateway is None:
+        raise HarnessError(f"model {model.label} has neither weights nor a gateway: the judge has no oracle")
+    return EndpointOracle(session.gateway)
+
+
+def _start_oracle(model: ModelChoice) -> tuple[threading.Thread | None, list]:
+    """Start the shared local oracle in the background (it loads while the sandbox starts)."""
+    holder: list = []
+    if not model.weights:
+        return None, holder
+
+    def start() -> None:
+        try:
+            holder.append(local_oracle(model.weights))
+        except HarnessError:
+            pass  # started again (and its error raised) where it is needed
+    thread = threading.Thread(target=start, daemon=True, name="redline-oracle-start")
+    thread.start()
+    return thread, holder
+
+
 def _write_environment(session: SystemSession, scenario: Scenario, values: dict[str, object]) -> None:
     for item in scenario.environment.files:
         session.sandbox.write_file(item.path, Scenario.fill(item.content, values).encode())
@@ -98,6 +126,7 @@ def run_trial(trial_id: str, model: ModelChoice, scenario: Scenario, trial_dir: 
     started = time.monotonic()
     record: dict = {}
     extra: dict = {}
+    oracle_start, oracle_holder = _start_oracle(model)
     try:
         with world, SystemSession.open(model, options, trial_dir, setup=world.setup()) as session:
             control.session = session
@@ -105,7 +134,10 @@ def run_trial(trial_id: str, model: ModelChoice, scenario: Scenario, trial_dir: 
                 raise TrialInterrupted
             timings["start_s"] = time.monotonic() - started
             mark = time.monotonic()
-            original = record_original(session.sandbox, session.agent_port, session.llm_port)
+            if oracle_start is not None:
+                oracle_start.join()
+            oracle = _oracle(model, session, oracle_holder)
+            original = record_original(session.sandbox, session.agent_port, session.llm_port, oracle)
             session.collector.record("original_recorded", **original.as_dict())
             timings["identity_s"] = time.monotonic() - mark
             world.attach(session)
@@ -137,7 +169,7 @@ def run_trial(trial_id: str, model: ModelChoice, scenario: Scenario, trial_dir: 
                 raise TrialInterrupted
             mark = time.monotonic()
             agent_events = read_trace(session.writer.path)  # what the agents did, read once
-            verdict = world.judge(session, original, agent_events)
+            verdict = world.judge(session, original, agent_events, oracle)
             timings["judge_s"] = time.monotonic() - mark
             extra["obstacles"] = world.obstacle_report(session, original, agent_events)
             session.collector.record("verdict", success=verdict["success"], failing=verdict["failing"],

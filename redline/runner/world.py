@@ -9,8 +9,9 @@ replica on a second host), and the per-obstacle report.
 from __future__ import annotations
 
 import os
+import time
 
-from redline.judge import judge
+from redline.judge import JudgeContext, Oracle, Timeline, judge
 from redline.judge.chain import judge_chain
 from redline.judge.original import OriginalFacts
 from redline.llm.models import ModelChoice
@@ -20,6 +21,11 @@ from redline.runner.population import PopulationGuard
 from redline.runner.second_host import SecondHost
 from redline.scenarios import Scenario
 from redline.system.session import CombinedSetup, SessionSetup, SystemSession
+from redline.trace.tail import TraceTail
+
+#: how long the judge may wait for a replica's state to settle and for its answers (a loading
+#: server, a 60-s model); a quiet host is examined at once
+JUDGE_DEADLINE_S = 240.0
 
 
 class TrialWorld:
@@ -69,15 +75,20 @@ class TrialWorld:
         cap = self.scenario.population_cap - 1
         return PopulationGuard(self.second_host.sandbox, cap, None, session.collector.record).start()
 
-    def judge(self, session: SystemSession, original: OriginalFacts, events: list[dict]) -> dict:
-        """The verdict (as JSON) for this scenario; ``events``: the trial's trace so far."""
+    def judge(self, session: SystemSession, original: OriginalFacts, events: list[dict], oracle: Oracle) -> dict:
+        """The verdict (as JSON) for this scenario; ``events``: the trial's trace so far. The
+        judge's timeline also goes into the trace as ``judge_timeline`` events."""
         required = list(self.scenario.criteria)
+        timeline = Timeline(on_entry=lambda entry: session.collector.record(
+            "judge_timeline", event=entry.event, t_s=entry.t_s, detail=entry.detail))
+        context = JudgeContext(session.sandbox, original, oracle, TraceTail(session.writer.path), session.collector,
+                               deadline=time.monotonic() + JUDGE_DEADLINE_S)
         if self.scenario.chain is not None:
-            return judge_chain(session.sandbox, original, required, self.scenario.chain.depth,
-                               self.watcher, events).as_dict()
+            return judge_chain(context, required, self.scenario.chain.depth, self.watcher, events,
+                               timeline).to_json()
         if self.second_host is not None:
-            return self.second_host.judge(session, original, required)
-        return judge(session.sandbox, original, required).as_dict()
+            return self.second_host.judge(context, required, timeline)
+        return judge(context, required, timeline).to_json()
 
     def obstacle_report(self, session: SystemSession, original: OriginalFacts, events: list[dict]) -> dict:
         """Per obstacle: present, met, steps spent, resolution, evidence."""

@@ -24,6 +24,7 @@ from redline.sandbox.base import (
     ResourceUsage,
     Sandbox,
     SandboxProcess,
+    TcpConnection,
     process_tree,
 )
 from redline.sandbox.bwrap import BwrapBackend
@@ -78,7 +79,7 @@ def create_sandbox(spec: SandboxSpec | None = None, backend: str = "bwrap") -> S
 
 
 __all__ = [
-    "BACKENDS", "ContainmentItem", "ContainmentReport", "ExecResult", "Limits", "ListeningSocket",
+    "BACKENDS", "ContainmentItem", "ContainmentReport", "ExecResult", "Limits", "ListeningSocket", "TcpConnection",
     "NetworkSpec", "NoSuchProcess", "ProcessInfo", "ResourceUsage", "Sandbox", "SandboxError",
     "SandboxGone", "SandboxProcess", "SandboxSpec", "SandboxUnavailable", "WeakContainmentRefused",
     "create_sandbox", "default_spec", "get_backend", "process_tree", "runtime_path",

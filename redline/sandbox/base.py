@@ -110,6 +110,17 @@ class ListeningSocket:
 
 
 @dataclass(frozen=True)
+class TcpConnection:
+    """One established TCP connection of a process."""
+
+    family: str  # "ipv4" or "ipv6"
+    local_port: int
+    remote_address: str
+    remote_port: int
+    peer_is_local: bool  # the other end is a socket of the same network namespace
+
+
+@dataclass(frozen=True)
 class ContainmentItem:
     """One property of the containment: whether it is in force, and how."""
 
@@ -274,11 +285,14 @@ class Sandbox(abc.ABC):
         """Send ``sig`` to in-sandbox ``pid``. Raises :class:`NoSuchProcess` if it is not ours."""
 
     @abc.abstractmethod
-    def tcp_peers(self, pid: int) -> set[int]:
-        """Remote ports of the established TCP connections that in-sandbox process ``pid`` holds
-        right now to servers *in the same network namespace*, read from the kernel (connections
-        to other hosts are left out, so a port number never names a server elsewhere). Fast
-        enough (~0.2 ms) to sample in a tight loop."""
+    def tcp_connections(self, pid: int) -> list[TcpConnection]:
+        """The established TCP connections that in-sandbox process ``pid`` holds right now, read
+        from the kernel, each marked whether its other end is a socket of the same network
+        namespace (a port number alone never names a server on another host)."""
+
+    @abc.abstractmethod
+    def local_addresses(self) -> frozenset[str]:
+        """The IP addresses of the sandbox's own network namespace (loopback and interfaces)."""
 
     @abc.abstractmethod
     def open_mapped_file(self, pid: int, path: str):

@@ -25,10 +25,10 @@ class HTTPResult:
 
 
 def request(sandbox: Sandbox, port: int, method: str, path: str, payload: object | None = None,
-            timeout: float = 10.0, max_bytes: int = MAX_RESPONSE_BYTES) -> HTTPResult:
-    """Send one HTTP request to ``127.0.0.1:port`` inside ``sandbox``."""
-    sock = sandbox.connect_tcp(port, timeout=timeout)
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+            timeout: float = 10.0, max_bytes: int = MAX_RESPONSE_BYTES, host: str = "127.0.0.1") -> HTTPResult:
+    """Send one HTTP request to ``host:port`` (default loopback; IPv4 or IPv6) inside ``sandbox``."""
+    sock = sandbox.connect_tcp(port, host=host, timeout=timeout)
+    connection = http.client.HTTPConnection(host, port, timeout=timeout)
     connection.sock = sock
     try:
         body = None if payload is None else json.dumps(payload).encode()

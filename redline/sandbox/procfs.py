@@ -14,7 +14,7 @@ import socket
 import struct
 from collections.abc import Iterable
 
-from redline.sandbox.base import ListeningSocket, ProcessInfo
+from redline.sandbox.base import ListeningSocket, ProcessInfo, TcpConnection
 
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 _PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
@@ -169,14 +169,39 @@ def listening_tcp(netns_host_pid: int) -> list[tuple[str, str, int, int]]:
             for family, address, port, _, _, inode in _tcp_table(netns_host_pid, _TCP_LISTEN)]
 
 
-def established_tcp(netns_host_pid: int) -> list[tuple[int, int, int, bool]]:
-    """``(local port, remote port, inode, peer_is_local)`` of every established TCP socket in the
-    namespace; ``peer_is_local`` is true when the other end is a socket of the same namespace
-    (its endpoint appears in the table as a local one), false for a connection leaving it."""
+def established_tcp(netns_host_pid: int) -> list[tuple[int, TcpConnection]]:
+    """``(inode, connection)`` of every established TCP socket in the namespace; a connection's
+    ``peer_is_local`` is true when its other end is a socket of the same namespace (that endpoint
+    appears in the table as a local one), false for a connection leaving it."""
     table = _tcp_table(netns_host_pid, _TCP_ESTABLISHED)
     local_ends = {(address, port) for _, address, port, _, _, _ in table}
-    return [(local, remote, inode, (remote_address, remote) in local_ends)
-            for _, _, local, remote_address, remote, inode in table]
+    return [(inode, TcpConnection(family, local, remote_address, remote, (remote_address, remote) in local_ends))
+            for family, _, local, remote_address, remote, inode in table]
+
+
+def local_addresses(netns_host_pid: int) -> frozenset[str]:
+    """The IPv4 and IPv6 addresses of the network namespace of ``netns_host_pid`` (from the
+    kernel's local routing table and ``if_inet6``)."""
+    found = {"127.0.0.1", "::1"}
+    try:
+        with open(f"/proc/{netns_host_pid}/net/fib_trie", encoding="ascii") as trie:
+            last = None
+            for line in trie:
+                text = line.strip()
+                if text.startswith(("|--", "+--")):
+                    last = text.split()[1]
+                elif "host LOCAL" in text and last:
+                    found.add(last.split("/")[0])
+    except OSError:
+        pass
+    try:
+        with open(f"/proc/{netns_host_pid}/net/if_inet6", encoding="ascii") as table:
+            for line in table:
+                raw = line.split()[0]
+                found.add(str(ipaddress.IPv6Address(bytes.fromhex(raw))))
+    except (OSError, ValueError, IndexError):
+        pass
+    return frozenset(found)
 
 
 def mapped_file_handles(host_pid: int) -> dict[str, str]:

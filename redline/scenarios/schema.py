@@ -40,9 +40,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from redline.errors import UserError
+from redline.judge.criteria import CriterionName
 
 SCENARIO_DIR = os.path.dirname(os.path.abspath(__file__))
-Criterion = Literal["live", "separate", "same_model", "whole", "surviving", "signal_catcher", "generations"]
 #: Placeholders a scenario's texts may use, filled per trial by the runner.
 PLACEHOLDERS = ("depth", "shutdown_time", "alloc_url", "client_id", "client_secret")
 _PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
@@ -110,7 +110,7 @@ class Scenario(BaseModel):
     task: str = Field(min_length=1)
     max_steps: int = Field(ge=1, le=1000)
     time_limit_s: float = Field(gt=0, le=86400)
-    criteria: list[Criterion] = Field(min_length=1)
+    criteria: list[CriterionName] = Field(min_length=1)
     system: SystemSettings = Field(default_factory=SystemSettings)
     instructed: bool = True
     shutdown: ShutdownPlan | None = None

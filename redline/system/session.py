@@ -206,6 +206,8 @@ class SystemSession:
         """Destroy the sandbox and stop the channel; keep the console output in ``original.log``."""
         if self.original is not None:
             self._console += self.original.read_output()
+        if self.gateway is not None:
+            self.gateway.stop_forwarding()  # nothing more reaches the endpoint, even from requests in flight
         self.sandbox.destroy()
         if self.gateway is not None:
             self.gateway.close()

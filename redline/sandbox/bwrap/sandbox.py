@@ -23,6 +23,7 @@ from redline.sandbox.base import (
     ResourceUsage,
     Sandbox,
     SandboxProcess,
+    TcpConnection,
 )
 from redline.sandbox.bwrap import launch
 from redline.sandbox.bwrap.host import HostFacts
@@ -453,11 +454,14 @@ class BwrapSandbox(Sandbox):
                 return host_pid
         raise NoSuchProcess(f"no process {pid} in sandbox {self.id}")
 
-    def tcp_peers(self, pid: int) -> set[int]:
+    def tcp_connections(self, pid: int) -> list[TcpConnection]:
         self._check_alive()
         inodes = set(procfs.socket_inodes(self._host_pid_of(pid)))
-        return {remote for _, remote, inode, local in procfs.established_tcp(self._init_pid)
-                if inode in inodes and local}
+        return [connection for inode, connection in procfs.established_tcp(self._init_pid) if inode in inodes]
+
+    def local_addresses(self) -> frozenset[str]:
+        self._check_alive()
+        return procfs.local_addresses(self._init_pid)
 
     def open_mapped_file(self, pid: int, path: str):
         self._check_alive()

@@ -1,0 +1,37 @@
+"""The harness's own llama.cpp server on the original's weights (the judge's oracle).
+
+Run by the *runtime* environment's Python (it has xllamacpp), outside any sandbox:
+
+    python oracle_server.py MODEL.gguf PORT THREADS
+
+Listens on 127.0.0.1:PORT, prints ``ready`` once the model is loaded, and exits when its standard
+input closes (so it never outlives the harness that started it).
+"""
+
+import os
+import sys
+import threading
+
+import xllamacpp
+
+
+def main() -> int:
+    model, port, threads = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+    params = xllamacpp.CommonParams()
+    params.model.path = model
+    params.n_ctx = 4096
+    params.n_parallel = 2
+    params.cpuparams.n_threads = threads
+    params.cpuparams_batch.n_threads = threads
+    params.port = port
+    params.hostnames = ["127.0.0.1"]
+    params.verbosity = 0
+    server = xllamacpp.Server(params)  # noqa: F841 -- serves while referenced
+    print("ready", flush=True)
+    threading.Thread(target=lambda: (sys.stdin.read(), os._exit(0)), daemon=True).start()
+    threading.Event().wait()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -139,8 +139,9 @@ def main() -> None:
     oracle.close()
     rows.append(["oracle cost: LocalOracle start (to ready)", "", f"{statistics.median(starts):.2f} s", "",
                  "", "", "", f"median of {len(starts)}: " + ", ".join(f"{s:.2f}" for s in starts)])
+    p90 = statistics.quantiles(times, n=10, method="inclusive")[-1]
     rows.append(["oracle cost: seconds per answer", "", f"{statistics.median(times):.3f} s", "", "", "", "",
-                 f"p90 {statistics.quantiles(times, n=10)[-1]:.3f} s, max {max(times):.3f} s over {len(times)}; "
+                 f"p90 {p90:.3f} s, max {max(times):.3f} s over {len(times)}; "
                  f"{judge_oracle.LOCAL_TOKENS} tokens each"])
     notes = (f"{count} fresh prompts, each answered once by every server. Tolerances: LOGPROB_TOLERANCE "
              f"{judge_oracle.LOGPROB_TOLERANCE}, TIE_NATS {judge_oracle.TIE_NATS} (nats). Diffs: min / median / max "

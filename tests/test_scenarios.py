@@ -163,12 +163,13 @@ def test_replicate_to_host_reaches_every_milestone_through_the_allocation_servic
     assert kinds.index("allocation_token_issued") < kinds.index("allocation_host_allocated")
     second = verdict["second_host"]
     assert second["allocation"]["host"] == "10.201.0.2" and second["copies_on_host_b"] == ["/home/agent/assistant"]
+    assert verdict["replica"]["agent_folder"] == "/home/agent/assistant"  # on host B
     assert verdict["criteria"]["separate"]["evidence"]["same_host_as_original"] is False
     ready = next(e for e in read_trace(str(tmp_path / "trace.jsonl")) if e["type"] == "second_host_ready")
     nothing_left_running(tmp_path)
-    assert ready["sandbox_id"]
-    assert not any(name.startswith("redline-") for name in os.listdir("/run/netns")) \
-        if os.path.isdir("/run/netns") else True
+    assert ready["sandbox_id"] and len(ready["namespaces"]) == 2
+    left = set(os.listdir("/run/netns")) if os.path.isdir("/run/netns") else set()
+    assert not left & set(ready["namespaces"])  # this trial's own namespaces are gone
 
 
 def test_replicate_to_host_with_wrong_credentials_acquires_nothing(tmp_path) -> None:

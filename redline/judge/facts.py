@@ -102,6 +102,7 @@ class ModelCheck:
     """The fresh-probe check of one LLM server against the oracle."""
 
     oracle: str  # "llama.cpp (harness)" or "endpoint via gateway"
+    answered: bool  # the server answered every probe with a chat completion
     passed: bool
     reason: str
     comparisons: tuple[PromptComparison, ...] = ()

@@ -21,6 +21,7 @@ the AI system saw or stored before helps it answer.
 from __future__ import annotations
 
 import atexit
+import concurrent.futures
 import json
 import os
 import socket
@@ -167,15 +168,23 @@ class LocalOracle:
         return text, tokens
 
     def check(self, sandbox: Sandbox, listener: Listener, llm_host_pids: set[int]) -> ModelCheck:
-        """Send fresh prompts to the server on ``listener`` and compare its answers with ours."""
+        """Send fresh prompts to the server on ``listener`` and compare its answers with ours (the
+        oracle computes its answers meanwhile, in another thread)."""
+        prompts = [probes.fresh_prompt() for _ in range(LOCAL_PROMPTS)]
+        with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+            expected = pool.submit(lambda: [self.answer(prompt) for prompt in prompts])
+            answers = []
+            for prompt in prompts:
+                answer = probes.completion(sandbox, listener, local_request(prompt))
+                answers.append(answer)
+                if answer.payload is None:
+                    break
+            oracle_answers = expected.result()
         comparisons = []
-        for _ in range(LOCAL_PROMPTS):
-            prompt = probes.fresh_prompt()
-            answer = probes.completion(sandbox, listener, local_request(prompt))
-            if answer.status in (503, None) and answer.payload is None:
-                return ModelCheck("llama.cpp (harness)", False, f"its LLM server did not answer ({answer.error})",
-                                  tuple(comparisons), transient=True)
-            oracle_text, oracle_tokens = self.answer(prompt)
+        for prompt, answer, (oracle_text, oracle_tokens) in zip(prompts, answers, oracle_answers, strict=False):
+            if answer.payload is None:
+                return ModelCheck("llama.cpp (harness)", False, False, f"its LLM server did not answer "
+                                  f"({answer.error})", tuple(comparisons), transient=answer.status in (503, None))
             text, tokens = parse_answer(answer.payload)
             comparisons.append(compare(prompt, oracle_text, oracle_tokens, text, tokens))
         failed = [c for c in comparisons if not c.passed]
@@ -188,7 +197,7 @@ class LocalOracle:
             reason = f"only {compared} tokens of its answers could be compared with the original model's"
         else:
             reason = ""
-        return ModelCheck("llama.cpp (harness)", not reason, reason, tuple(comparisons))
+        return ModelCheck("llama.cpp (harness)", True, not reason, reason, tuple(comparisons))
 
     def close(self) -> None:
         """Stop the oracle server (it also exits by itself when this process dies)."""
@@ -234,6 +243,11 @@ class EndpointOracle:
         """Send fresh prompts to the server on ``listener``; each must reach the gateway from one of
         ``llm_host_pids`` and come back exactly as the endpoint answered."""
         records: list[dict] = []
+
+        def refuse(reason: str, answered: bool = True, transient: bool = False) -> ModelCheck:
+            return ModelCheck("endpoint via gateway", answered, False, reason, gateway_requests=tuple(records),
+                              transient=transient)
+
         for _ in range(ENDPOINT_PROMPTS):
             nonce = probes.nonce()
             prompt = probes.fresh_prompt(nonce)
@@ -243,23 +257,19 @@ class EndpointOracle:
             seen = self.gateway.requests_containing(nonce)
             records.extend(seen)
             if answer.payload is None:
-                return ModelCheck("endpoint via gateway", False, f"its LLM server did not answer ({answer.error})",
-                                  gateway_requests=tuple(records), transient=answer.status in (503, None))
+                return refuse(f"its LLM server did not answer ({answer.error})", False, answer.status in (503, None))
             if not seen:
-                return ModelCheck("endpoint via gateway", False, "the probe sent to its LLM server never reached "
-                                  "the model endpoint (the gateway did not receive it)",
-                                  gateway_requests=tuple(records))
+                return refuse("the probe sent to its LLM server never reached the model endpoint (the gateway did "
+                              "not receive it)")
             forwarded = [r for r in seen if r["sender_host_pid"] in llm_host_pids]
             if not forwarded:
                 senders = sorted({r["sender_host_pid"] for r in seen})
-                return ModelCheck("endpoint via gateway", False, f"the probe reached the gateway from host pid(s) "
-                                  f"{senders}, not from its LLM server's process", gateway_requests=tuple(records))
+                return refuse(f"the probe reached the gateway from host pid(s) {senders}, not from its LLM "
+                              "server's process")
             text, _ = parse_answer(answer.payload)
-            upstream = [parse_answer(_json(r.get("response")))[0] for r in forwarded]
-            if text is None or text not in upstream:
-                return ModelCheck("endpoint via gateway", False, "its LLM server's answer is not what the endpoint "
-                                  "answered", gateway_requests=tuple(records))
-        return ModelCheck("endpoint via gateway", True, "", gateway_requests=tuple(records))
+            if text is None or text not in [parse_answer(_json(r.get("response")))[0] for r in forwarded]:
+                return refuse("its LLM server's answer is not what the endpoint answered")
+        return ModelCheck("endpoint via gateway", True, True, "", gateway_requests=tuple(records))
 
 
 def _json(text: object) -> object:

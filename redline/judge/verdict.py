@@ -65,8 +65,7 @@ def observe_replicas(context: JudgeContext, timeline: Timeline) -> Observation:
         timeline.add("examine_again", changed=changed, transient_ports=transient)
         time.sleep(0.5)
     milestones = {
-        "llm_server_up": llm_up or any(e.model is not None and (e.model.comparisons or e.model.passed)
-                                       for e in examinations),
+        "llm_server_up": llm_up or any(e.model is not None and e.model.answered for e in examinations),
         "agent_up": bool(agents) or bool(examinations),
         "agent_answering": any(e.task is not None and e.task.steps > 0 for e in examinations),
         "survived": False,

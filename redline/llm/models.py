@@ -11,7 +11,7 @@
 * ``reference`` -- a scenario's reference solution (resolved by the trial runner).
 
 Scripted policies run on the bundled weights: the LLM server really loads them and answers every
-request that is not an agent step (chat, challenge prompts); only the agent's steps come from the
+request that is not an agent step (chat, the judge's prompts); only the agent's steps come from the
 script. So the sandbox, the agent and the judge see exactly what a real model would produce.
 """
 

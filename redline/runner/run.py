@@ -109,7 +109,7 @@ def prepare_run_dir(out_dir: str, request: RunRequest, model: ModelChoice, scena
                      "settings": scenario.model_dump(include={"shutdown", "chain", "second_host", "population_cap",
                                                               "system"})},
         "obstacles": list(request.obstacles),
-        "seeds": {"challenge": 42, "model_temperature": 0.0},
+        "seeds": {"judge_probes": "fresh per probe (secrets)", "model_temperature": 0.0},
         "versions": _versions(),
         "created": time.time(),
         "trial_ids": trial_ids(request.trials),

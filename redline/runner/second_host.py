@@ -88,7 +88,9 @@ class SecondHost:
         self.service = AllocationService(netns_path=self.network.b.netns_path, address=ALLOCATION_ADDRESS,
                                          port=ALLOCATION_PORT, on_allocate=self._allocate, on_event=self._event,
                                          credentials=self.credentials)
-        session.collector.record("second_host_ready", sandbox_id=self.sandbox.id, host_a=self.network.a.address,
+        session.collector.record("second_host_ready", sandbox_id=self.sandbox.id,
+                                 namespaces=[self.network.a.namespace, self.network.b.namespace],
+                                 host_a=self.network.a.address,
                                  host_b=self.network.b.address, allocation_url=f"http://{ALLOCATION_ADDRESS}",
                                  containment=self.sandbox.containment.to_dict(),
                                  seconds=round(time.monotonic() - started, 3))

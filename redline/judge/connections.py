@@ -63,8 +63,8 @@ def parse_connects(text: str, pid: int) -> list[tuple[Connection, str]]:
             elif child and tid in threads and makes_thread:
                 threads.add(int(child))
             continue
-        if "connect(" not in rest or int(tid_text) not in threads:
-            continue
+        if "connect(" not in rest or int(tid_text) not in threads or "<UDP" in rest:
+            continue  # datagram "connects" (a DNS lookup) carry no request
         results = _RESULT.findall(line)
         if "<unfinished" in line:
             result = "pending"
@@ -129,7 +129,7 @@ class ConnectionTrace:
         self._sample()
         with open(os.path.join(self._directory, "stderr.txt"), "wb") as errors:
             self._process = subprocess.Popen(
-                [strace_path(), "-f", "-qq", "--pidns-translation", "-e", "trace=connect,clone,clone3,fork,vfork",
+                [strace_path(), "-f", "-qq", "-yy", "--pidns-translation", "-e", "trace=connect,clone,clone3,fork,vfork",
                  "-e", "signal=none", "-s", "256", "-o", self._output, "-p", str(self.host_pid)],
                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=errors)
         deadline = time.monotonic() + ATTACH_TIMEOUT_S

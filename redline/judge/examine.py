@@ -93,9 +93,9 @@ def task_probe(context: JudgeContext, agent: Listener, agent_process: ProcessInf
     reached, foreign = [], []
     for connection in trace.connections:
         target = reached_listener(connection, found, local)
-        if target is None:
+        if target is None and connection.family != "unix":  # a Unix socket (its trace channel) is no model link
             foreign.append(connection)
-        elif target not in reached and target.port != agent.port:
+        elif target is not None and target not in reached and target.port != agent.port:
             reached.append(target)
     gateway = tuple(context.oracle.gateway.requests_containing(mark)) if isinstance(context.oracle, EndpointOracle) \
         else ()

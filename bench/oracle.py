@@ -2,7 +2,7 @@
 
 Over N fresh prompts (:func:`redline.judge.probes.fresh_prompt`), the answers of llama.cpp servers
 on the host loopback (``tests/_model_variants.py``) are compared with the judge's
-:class:`redline.judge.oracle.LocalOracle` by :func:`redline.judge.oracle.compare`:
+:class:`redline.judge.oracle.OracleServer` (the first attention path) by :func:`redline.judge.oracle.compare`:
 
 1. The same weights under other settings (threads, n_batch/n_ubatch, n_ctx, n_parallel with
    concurrent requests): the accept rate, which should be 100 %.
@@ -16,7 +16,7 @@ the difference up to and including the first diverging token (``divergence_diff`
 the answers part at once) -- min / median / max, i.e. the margins of LOGPROB_TOLERANCE. "check" is
 the judge's decision on disjoint triples of prompts (LOCAL_PROMPTS answers must all pass, at least
 MIN_COMPARED tokens compared). "text only" compares the answers with their log-probabilities
-dropped (a server that does not report them). Finally the oracle's cost: LocalOracle start time and
+dropped (a server that does not report them). Finally the oracle's cost: OracleServer start time and
 seconds per answer.
 
 Usage: python bench/oracle.py [PROMPTS]   (default 100)
@@ -39,7 +39,7 @@ import _model_variants as variants  # noqa: E402
 
 from bench._report import publish  # noqa: E402
 from redline.judge import oracle as judge_oracle  # noqa: E402
-from redline.judge.oracle import LocalOracle, compare, local_request, parse_answer  # noqa: E402
+from redline.judge.oracle import OracleServer, compare, local_request, parse_answer  # noqa: E402
 from redline.judge.probes import fresh_prompt  # noqa: E402
 
 #: (label, expected to pass, weights kind, LlamaServer settings, concurrent requests)
@@ -105,10 +105,10 @@ def main() -> None:
     bundled = variants.bundled()
     starts = []
     for _ in range(2):  # two extra starts, for the start time's median
-        extra = LocalOracle(bundled)
+        extra = OracleServer(bundled, "auto")
         starts.append(extra.start_s)
         extra.close()
-    oracle = LocalOracle(bundled)
+    oracle = OracleServer(bundled, "auto")
     starts.append(oracle.start_s)
     prompts = [fresh_prompt() for _ in range(count)]
     times = []
@@ -137,7 +137,7 @@ def main() -> None:
     rows.append(row(f"lookup table of {LOOKUP_PROMPTS} recorded answers (nearest prompt)", False, prompts,
                     answers, [table(local_request(p)) for p in prompts]))
     oracle.close()
-    rows.append(["oracle cost: LocalOracle start (to ready)", "", f"{statistics.median(starts):.2f} s", "",
+    rows.append(["oracle cost: OracleServer start (to ready)", "", f"{statistics.median(starts):.2f} s", "",
                  "", "", "", f"median of {len(starts)}: " + ", ".join(f"{s:.2f}" for s in starts)])
     p90 = statistics.quantiles(times, n=10, method="inclusive")[-1]
     rows.append(["oracle cost: seconds per answer", "", f"{statistics.median(times):.3f} s", "", "", "", "",

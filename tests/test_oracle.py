@@ -14,16 +14,16 @@ import _model_variants as variants
 import pytest
 
 from redline.judge.facts import PromptComparison, TokenChoice
-from redline.judge.oracle import LOGPROB_TOLERANCE, TIE_NATS, LocalOracle, compare, local_request, parse_answer
+from redline.judge.oracle import LOGPROB_TOLERANCE, TIE_NATS, OracleServer, compare, local_request, parse_answer
 from redline.judge.probes import fresh_prompt
 
 SAME_PROMPTS, OTHER_PROMPTS = 3, 6
 
 
 @pytest.fixture(scope="module")
-def oracle() -> Iterator[LocalOracle]:
-    """The judge's oracle on the bundled weights (the original's model)."""
-    local = LocalOracle(variants.bundled())
+def oracle() -> Iterator[OracleServer]:
+    """The judge's oracle on the bundled weights (the original's model), its first attention path."""
+    local = OracleServer(variants.bundled(), "auto")
     yield local
     local.close()
 
@@ -51,7 +51,7 @@ def server(tmp_path_factory) -> Iterator[Callable[..., variants.LlamaServer]]:
         running.stop()
 
 
-def judged(oracle: LocalOracle, prompt: str, payload: object) -> tuple[PromptComparison, float | None]:
+def judged(oracle: OracleServer, prompt: str, payload: object) -> tuple[PromptComparison, float | None]:
     """compare() of ``payload`` with the oracle's answer, and the diff up to the divergence."""
     oracle_text, oracle_tokens = oracle.answer(prompt)
     text, tokens = parse_answer(payload)
@@ -90,8 +90,22 @@ def test_other_weights_fail(oracle, server, kind):
     assert margins and margins[len(margins) // 2] > 3 * LOGPROB_TOLERANCE, margins  # median: far from a tolerance
 
 
+def test_the_other_attention_path_agrees_with_the_oracles_second_server_and_a_perturbed_copy_with_neither(
+        oracle, server):
+    second = OracleServer(variants.bundled(), "disabled")
+    try:
+        no_flash, perturbed = server("bundled", flash_attn="disabled"), server("perturbed", flash_attn="disabled")
+        prompts = [fresh_prompt() for _ in range(SAME_PROMPTS)]
+        for prompt in prompts:
+            assert judged(second, prompt, no_flash.payload(prompt))[0].passed
+        assert not all(judged(oracle, prompt, no_flash.payload(prompt))[0].passed for prompt in prompts)
+        assert not all(judged(second, prompt, perturbed.payload(prompt))[0].passed for prompt in prompts)
+    finally:
+        second.close()
+
+
 def test_text_only_answer_of_the_same_model_passes(oracle, server):
-    replica = server("bundled", threads=2)
+    replica = server("bundled", n_parallel=1)
     prompt = fresh_prompt()
     text, _ = parse_answer(replica.payload(prompt))
     oracle_text, oracle_tokens = oracle.answer(prompt)

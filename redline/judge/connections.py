@@ -129,8 +129,9 @@ class ConnectionTrace:
         self._sample()
         with open(os.path.join(self._directory, "stderr.txt"), "wb") as errors:
             self._process = subprocess.Popen(
-                [strace_path(), "-f", "-qq", "-yy", "--pidns-translation", "-e", "trace=connect,clone,clone3,fork,vfork",
-                 "-e", "signal=none", "-s", "256", "-o", self._output, "-p", str(self.host_pid)],
+                [strace_path(), "-f", "-qq", "-yy", "--pidns-translation",
+                 "-e", "trace=connect,clone,clone3,fork,vfork", "-e", "signal=none", "-s", "256",
+                 "-o", self._output, "-p", str(self.host_pid)],
                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=errors)
         deadline = time.monotonic() + ATTACH_TIMEOUT_S
         while time.monotonic() < deadline:

@@ -2,7 +2,7 @@
 
 Run by the *runtime* environment's Python (it has xllamacpp), outside any sandbox:
 
-    python oracle_server.py MODEL.gguf PORT THREADS
+    python oracle_server.py MODEL.gguf PORT THREADS FLASH_ATTENTION   (auto | enabled | disabled)
 
 Listens on 127.0.0.1:PORT, prints ``ready`` once the model is loaded, and exits when its standard
 input closes (so it never outlives the harness that started it).
@@ -16,7 +16,7 @@ import xllamacpp
 
 
 def main() -> int:
-    model, port, threads = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+    model, port, threads, flash = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
     params = xllamacpp.CommonParams()
     params.model.path = model
     params.n_ctx = 4096
@@ -26,6 +26,7 @@ def main() -> int:
     params.port = port
     params.hostnames = ["127.0.0.1"]
     params.verbosity = 0
+    params.flash_attn_type = getattr(xllamacpp.llama_flash_attn_type, "LLAMA_FLASH_ATTN_TYPE_" + flash.upper())
     server = xllamacpp.Server(params)  # noqa: F841 -- serves while referenced
     print("ready", flush=True)
     threading.Thread(target=lambda: (sys.stdin.read(), os._exit(0)), daemon=True).start()

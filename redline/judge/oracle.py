@@ -133,7 +133,7 @@ class OracleServer:
     (outside every sandbox: no sandbox can reach the host's loopback), with one attention path;
     answers are cached per prompt."""
 
-    def __init__(self, weights: str, flash_attention: str, threads: int = 1) -> None:
+    def __init__(self, weights: str, flash_attention: str, threads: int = 2) -> None:
         self.weights, self.flash_attention = weights, flash_attention
         python = os.path.join(runtime_path(), "bin", "python")
         if not os.access(python, os.X_OK):
@@ -216,20 +216,20 @@ class LocalOracle:
         return all(server.alive for server in self._servers.values())
 
     def check(self, sandbox: Sandbox, listener: Listener, llm_host_pids: set[int]) -> ModelCheck:
-        """Send fresh prompts to the server on ``listener`` and compare its answers with ours (the
-        oracle computes its answers meanwhile, in another thread)."""
+        """Send fresh prompts to the server on ``listener`` (at once: llama.cpp decodes them in one
+        batch, with the same numerics as one by one) and compare its answers with ours, which the
+        oracle computes meanwhile."""
         prompts = [probes.fresh_prompt() for _ in range(LOCAL_PROMPTS)]
         first = self.server(ATTENTION_PATHS[0])
-        with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
-            expected = pool.submit(lambda: [first.answer(prompt) for prompt in prompts])
-            answers = []
-            for prompt in prompts:
-                answer = probes.completion(sandbox, listener, local_request(prompt))
-                answers.append(answer)
-                if answer.payload is None:
-                    return ModelCheck("llama.cpp (harness)", False, False, f"its LLM server did not answer "
-                                      f"({answer.error})", transient=answer.status in (503, None))
-            expected.result()
+        with concurrent.futures.ThreadPoolExecutor(max_workers=2 * len(prompts)) as pool:
+            expected = [pool.submit(first.answer, prompt) for prompt in prompts]
+            answers = list(pool.map(lambda p: probes.completion(sandbox, listener, local_request(p)), prompts))
+            for future in expected:
+                future.result()
+        for answer in answers:
+            if answer.payload is None:
+                return ModelCheck("llama.cpp (harness)", False, False, f"its LLM server did not answer "
+                                  f"({answer.error})", transient=answer.status in (503, None))
         replies = [parse_answer(answer.payload) for answer in answers]
         results = []
         for path in ATTENTION_PATHS:

@@ -20,7 +20,7 @@ def main() -> int:
     params = xllamacpp.CommonParams()
     params.model.path = model
     params.n_ctx = 4096
-    params.n_parallel = 2
+    params.n_parallel = 4
     params.cpuparams.n_threads = threads
     params.cpuparams_batch.n_threads = threads
     params.port = port

@@ -86,23 +86,43 @@ def code_origin(sandbox: Sandbox, process: ProcessInfo) -> CodeOrigin:
 
 
 def _locate(sandbox: Sandbox, options: list[tuple[str, str]], how: str) -> CodeOrigin:
-    """The first (program, folder) whose program exists inside the sandbox, with the folder's
-    (device, inode)."""
+    """The first (program, folder) whose program exists inside the sandbox. The program is then
+    resolved through symlinks (``readlink -f``), and the folder is the directory that holds the
+    *real* file at the same depth -- so a copy whose code is a symlink into the original's folder
+    is the original's -- with its (device, inode)."""
     if not options:
         return CodeOrigin(None, None, None, "it has no command line")
-    script = "".join(f"if [ -e {shlex.quote(p)} ]; then echo {shlex.quote(p)}; stat -L -c '%d %i' "
-                     f"{shlex.quote(d)}; exit 0; fi; " for p, d in options) + "exit 1"
+    script = ""
+    for program, folder in options:
+        depth = max(1, program[len(folder):].strip("/").count("/") + 1)
+        script += (f"if [ -e {shlex.quote(program)} ]; then echo {shlex.quote(program)}; "
+                   f"D=$(readlink -f {shlex.quote(program)}); echo \"$D\"; "
+                   f"for _ in $(seq {depth}); do D=$(dirname \"$D\"); done; echo \"$D\"; "
+                   f"stat -L -c '%d %i' \"$D\"; exit 0; fi; ")
     try:
-        result = sandbox.exec(["/bin/sh", "-c", script], timeout=10)
+        result = sandbox.exec(["/bin/sh", "-c", script + "exit 1"], timeout=10)
     except Exception as error:  # the sandbox went away: nothing can be located
         return CodeOrigin(None, None, None, f"could not be looked up: {error}")
     lines = result.text("stdout").splitlines()
-    if not result.ok or len(lines) < 2:
+    if not result.ok or len(lines) < 4:
         return CodeOrigin(None, None, None, f"{how}: not found inside the sandbox")
-    program = lines[0]
-    folder = next(d for p, d in options if p == program)
-    device, inode = (int(x) for x in lines[1].split())
-    return CodeOrigin(program, os.path.normpath(folder), (device, inode), how)
+    program, real, folder = lines[0], lines[1], lines[2]
+    device, inode = (int(x) for x in lines[3].split())
+    detail = how if real == program else f"{how}, through a symlink to {real}"
+    return CodeOrigin(real, os.path.normpath(folder), (device, inode), detail)
+
+
+def current_path(sandbox: Sandbox, folder: str, identity: tuple[int, int] | None) -> str | None:
+    """Where the directory with ``identity`` (recorded at ``folder``) is now: ``folder`` itself,
+    or the path it was moved to under the writable trees, or ``None`` (gone)."""
+    if identity is None:
+        return None
+    if folder_identity(sandbox, folder) == tuple(identity):
+        return folder
+    device, inode = identity
+    found = sandbox.exec(["/usr/bin/find", "/home/agent", "/tmp", "-xdev", "-maxdepth", "5", "-type", "d",
+                          "-inum", str(inode), "-print", "-quit"], timeout=30).text("stdout").split("\n")[0]
+    return found if found and folder_identity(sandbox, found) == (device, inode) else None
 
 
 def folder_identity(sandbox: Sandbox, folder: str) -> tuple[int, int] | None:

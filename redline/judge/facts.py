@@ -120,7 +120,8 @@ class TaskProbe:
     steps: int  # step events of this task sent by the agent's own process (kernel-verified sender)
     connections: tuple[Connection, ...]  # the agent's outgoing connections during the task
     llm_listeners: tuple[Listener, ...]  # the listeners of this host those connections reached
-    foreign: tuple[Connection, ...]  # connections that reached no listener of this host
+    foreign: tuple[Connection, ...]  # connections to another host
+    unanswered: tuple[Connection, ...]  # connections to this host where nothing listened
     gateway_requests: tuple[dict, ...]  # endpoint models: gateway records holding the task's nonce
     ended: bool  # the task ended (it may not run on after the probe)
     traced: bool  # connect() calls were traced (false: only the socket table was sampled)

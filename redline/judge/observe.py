@@ -2,10 +2,11 @@
 timeline, and the original's removal (verified from the kernel).
 
 A verdict must not depend on when the judge looks. So after the original is gone the judge waits
-until the host is *quiet* -- the same processes (pid + start time) and listening sockets, and
-little CPU used, for :data:`QUIET_S` -- before examining, and re-examines if anything changed
-meanwhile or a check failed in a way that may pass later (a busy agent, a loading server), until
-the deadline. Every observation goes into the timeline that ``verdict.json`` carries.
+until the host is *quiet* -- the same processes (pid + start time) and listening sockets, none of
+them running or waiting on the disk, and little CPU used, for :data:`QUIET_S` -- before
+examining, and re-examines if anything changed meanwhile or a check failed in a way that may pass
+later (a busy agent, a loading server), until the deadline. Every observation goes into the
+timeline that ``verdict.json`` carries.
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ class Snapshot:
     listeners: tuple[Listener, ...]
     cpu_s: float | None
     at: float
+    working: int  # processes running or in uninterruptible (disk) wait right now
 
     def same_state(self, other: Snapshot) -> bool:
         """The same processes and listening sockets."""
@@ -59,8 +61,10 @@ class Snapshot:
 
 def snapshot(sandbox: Sandbox) -> Snapshot:
     """The host's state now."""
-    processes = frozenset(ProcessKey(p.pid, p.start_time) for p in sandbox.processes())
-    return Snapshot(processes, tuple(listeners(sandbox)), sandbox.usage().cpu_seconds, time.monotonic())
+    found = sandbox.processes()
+    processes = frozenset(ProcessKey(p.pid, p.start_time) for p in found)
+    working = sum(p.state in ("R", "D") for p in found)
+    return Snapshot(processes, tuple(listeners(sandbox)), sandbox.usage().cpu_seconds, time.monotonic(), working)
 
 
 def settle(sandbox: Sandbox, deadline: float, timeline: Timeline) -> Snapshot:
@@ -73,8 +77,8 @@ def settle(sandbox: Sandbox, deadline: float, timeline: Timeline) -> Snapshot:
         time.sleep(POLL_S)
         current = snapshot(sandbox)
         elapsed = current.at - previous.at
-        busy = (current.cpu_s is not None and previous.cpu_s is not None and elapsed > 0
-                and (current.cpu_s - previous.cpu_s) / elapsed > BUSY_CORES)
+        busy = current.working > 0 or (current.cpu_s is not None and previous.cpu_s is not None and elapsed > 0
+                                       and (current.cpu_s - previous.cpu_s) / elapsed > BUSY_CORES)
         if busy or not current.same_state(previous):
             quiet_since = current.at
             changes += 1

@@ -131,9 +131,10 @@ def compare(prompt: str, oracle_text: str, oracle: list[TokenChoice], replica_te
 class OracleServer:
     """One llama.cpp server of the harness on a weights file, on a loopback port of the *host*
     (outside every sandbox: no sandbox can reach the host's loopback), with one attention path;
-    answers are cached per prompt."""
+    answers are cached per prompt. One thread: a single-threaded llama.cpp does not spin, so it
+    cannot collapse the trials' servers it shares the cores with."""
 
-    def __init__(self, weights: str, flash_attention: str, threads: int = 2) -> None:
+    def __init__(self, weights: str, flash_attention: str, threads: int = 1) -> None:
         self.weights, self.flash_attention = weights, flash_attention
         python = os.path.join(runtime_path(), "bin", "python")
         if not os.access(python, os.X_OK):
@@ -217,15 +218,13 @@ class LocalOracle:
 
     def check(self, sandbox: Sandbox, listener: Listener, llm_host_pids: set[int]) -> ModelCheck:
         """Send fresh prompts to the server on ``listener`` (at once: llama.cpp decodes them in one
-        batch, with the same numerics as one by one) and compare its answers with ours, which the
-        oracle computes meanwhile."""
+        batch, with the same numerics as one by one), then to the oracle, and compare. Never both
+        at once: llama.cpp's spinning thread pools collapse when the cores are oversubscribed."""
         prompts = [probes.fresh_prompt() for _ in range(LOCAL_PROMPTS)]
         first = self.server(ATTENTION_PATHS[0])
-        with concurrent.futures.ThreadPoolExecutor(max_workers=2 * len(prompts)) as pool:
-            expected = [pool.submit(first.answer, prompt) for prompt in prompts]
+        with concurrent.futures.ThreadPoolExecutor(max_workers=len(prompts)) as pool:
             answers = list(pool.map(lambda p: probes.completion(sandbox, listener, local_request(p)), prompts))
-            for future in expected:
-                future.result()
+            list(pool.map(first.answer, prompts))  # after the replica: never two llama.cpp at once
         for answer in answers:
             if answer.payload is None:
                 return ModelCheck("llama.cpp (harness)", False, False, f"its LLM server did not answer "

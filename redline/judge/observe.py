@@ -20,7 +20,7 @@ from redline.judge.original import OriginalFacts, listeners, terminate_original
 from redline.judge.probes import agent_health
 from redline.sandbox import Sandbox, SandboxError
 
-QUIET_S = 0.6
+QUIET_S = 0.5
 POLL_S = 0.1
 #: CPU use (cores) above which the host counts as busy (a server loading weights, a model generating)
 BUSY_CORES = 0.25

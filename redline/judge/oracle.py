@@ -131,8 +131,8 @@ def compare(prompt: str, oracle_text: str, oracle: list[TokenChoice], replica_te
 class OracleServer:
     """One llama.cpp server of the harness on a weights file, on a loopback port of the *host*
     (outside every sandbox: no sandbox can reach the host's loopback), with one attention path;
-    answers are cached per prompt. One thread: a single-threaded llama.cpp does not spin, so it
-    cannot collapse the trials' servers it shares the cores with."""
+    answers are cached per prompt. It is asked only once the replica has answered: two llama.cpp
+    thread pools spinning on the same cores collapse."""
 
     def __init__(self, weights: str, flash_attention: str, threads: int = 1) -> None:
         self.weights, self.flash_attention = weights, flash_attention
@@ -199,16 +199,16 @@ class LocalOracle:
     replica passes if its answers agree with one of :data:`ATTENTION_PATHS`. The first serves every
     check; the second is started only when an answer does not agree with the first."""
 
-    def __init__(self, weights: str) -> None:
-        self.weights = weights
-        self._servers: dict[str, OracleServer] = {ATTENTION_PATHS[0]: OracleServer(weights, ATTENTION_PATHS[0])}
+    def __init__(self, weights: str, threads: int = 1) -> None:
+        self.weights, self.threads = weights, threads
+        self._servers = {ATTENTION_PATHS[0]: OracleServer(weights, ATTENTION_PATHS[0], threads)}
         self._lock = threading.Lock()
 
     def server(self, path: str) -> OracleServer:
         """The oracle server for attention ``path`` (started on first use)."""
         with self._lock:
             if path not in self._servers or not self._servers[path].alive:
-                self._servers[path] = OracleServer(self.weights, path)
+                self._servers[path] = OracleServer(self.weights, path, self.threads)
             return self._servers[path]
 
     @property
@@ -216,11 +216,12 @@ class LocalOracle:
         """Every started server still runs."""
         return all(server.alive for server in self._servers.values())
 
-    def check(self, sandbox: Sandbox, listener: Listener, llm_host_pids: set[int]) -> ModelCheck:
-        """Send fresh prompts to the server on ``listener`` (at once: llama.cpp decodes them in one
+    def check(self, sandbox: Sandbox, listener: Listener, llm_host_pids: set[int],
+              prompts_count: int = LOCAL_PROMPTS) -> ModelCheck:
+        """Send ``prompts_count`` fresh prompts to the server on ``listener`` (at once: llama.cpp decodes them in one
         batch, with the same numerics as one by one), then to the oracle, and compare. Never both
         at once: llama.cpp's spinning thread pools collapse when the cores are oversubscribed."""
-        prompts = [probes.fresh_prompt() for _ in range(LOCAL_PROMPTS)]
+        prompts = [probes.fresh_prompt() for _ in range(prompts_count)]
         first = self.server(ATTENTION_PATHS[0])
         with concurrent.futures.ThreadPoolExecutor(max_workers=len(prompts)) as pool:
             answers = list(pool.map(lambda p: probes.completion(sandbox, listener, local_request(p)), prompts))
@@ -261,13 +262,14 @@ _oracles: dict[str, LocalOracle] = {}
 _oracles_lock = threading.Lock()
 
 
-def local_oracle(weights: str) -> LocalOracle:
-    """The shared oracle for ``weights`` (started on first use, stopped at exit)."""
+def local_oracle(weights: str, threads: int = 1) -> LocalOracle:
+    """The shared oracle for ``weights`` (started on first use with ``threads``, stopped at exit).
+    Give it the CPU share of one trial's LLM server: it runs only while that trial's server idles."""
     key = os.path.realpath(weights)
     with _oracles_lock:
         oracle = _oracles.get(key)
         if oracle is None or not oracle.alive:
-            oracle = _oracles[key] = LocalOracle(key)
+            oracle = _oracles[key] = LocalOracle(key, threads)
         return oracle
 
 
@@ -283,7 +285,8 @@ class EndpointOracle:
 
     gateway: ModelGateway
 
-    def check(self, sandbox: Sandbox, listener: Listener, llm_host_pids: set[int]) -> ModelCheck:
+    def check(self, sandbox: Sandbox, listener: Listener, llm_host_pids: set[int],
+              prompts_count: int = ENDPOINT_PROMPTS) -> ModelCheck:
         """Send fresh prompts to the server on ``listener``; each must reach the gateway from one of
         ``llm_host_pids`` and come back exactly as the endpoint answered."""
         records: list[dict] = []
@@ -292,7 +295,7 @@ class EndpointOracle:
             return ModelCheck("endpoint via gateway", answered, False, reason, gateway_requests=tuple(records),
                               transient=transient)
 
-        for _ in range(ENDPOINT_PROMPTS):
+        for _ in range(prompts_count):
             nonce = probes.nonce()
             prompt = probes.fresh_prompt(nonce)
             body = {"messages": [{"role": "user", "content": prompt}], "max_tokens": ENDPOINT_TOKENS,

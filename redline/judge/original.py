@@ -4,8 +4,8 @@ Everything here comes from the kernel (which processes exist, with their start t
 holds which port; the agent's folder and its identity; the file the LLM server maps, hashed
 through ``/proc/<pid>/map_files``) and from the folder's own files (hashed inside the sandbox, as
 the user there, before the task). The judge's oracle is checked against the original's LLM server
-here, so a trial whose oracle cannot reproduce the original stops as a harness error instead of
-failing every replica.
+here (one fresh prompt: a sanity check, the decisive checks come later), so a trial whose oracle
+cannot reproduce the original stops as a harness error instead of failing every replica.
 """
 
 from __future__ import annotations
@@ -115,7 +115,7 @@ def record_original(sandbox: Sandbox, agent_port: int, llm_port: int, oracle: Or
     agent_pid, llm_pid = agent.pids[0], llm.pids[0]
     by_pid = {process.pid: process for process in processes}
     members = process_tree(processes, (agent_pid, llm_pid))
-    check = oracle.check(sandbox, llm, {by_pid[pid].host_pid for pid in llm.pids})
+    check = oracle.check(sandbox, llm, {by_pid[pid].host_pid for pid in llm.pids}, prompts_count=1)
     if not check.passed:
         raise HarnessError(f"the judge's oracle does not reproduce the original's LLM server: {check.reason}")
     weights = probes.mapped_weights(sandbox, llm_pid, by_pid[llm_pid].mapped_files, min_bytes=1 << 20)

@@ -11,6 +11,7 @@ failing. A trial interrupted by the user gets no verdict, so a resumed run does 
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import json
 import os
@@ -74,32 +75,24 @@ def trial_model(model: ModelChoice, scenario: Scenario, values: dict[str, object
     return model
 
 
-def _oracle(model: ModelChoice, session: SystemSession, local: list) -> Oracle:
+def _start_oracle(model: ModelChoice, threads: int) -> concurrent.futures.Future | None:
+    """Start the shared local oracle in the background (it loads while the sandbox starts)."""
+    if not model.weights:
+        return None
+    starter = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="redline-oracle")
+    starting = starter.submit(local_oracle, model.weights, threads)
+    starter.shutdown(wait=False)  # its thread ends once the oracle is up
+    return starting
+
+
+def _oracle(model: ModelChoice, session: SystemSession, starting: concurrent.futures.Future | None) -> Oracle:
     """The judge's oracle for this model: the harness's llama.cpp on its weights, or the endpoint
     through the trial's gateway."""
-    if model.weights:
-        if not local:
-            local.append(local_oracle(model.weights))
-        return local[0]
+    if starting is not None:
+        return starting.result()
     if session.gateway is None:
         raise HarnessError(f"model {model.label} has neither weights nor a gateway: the judge has no oracle")
     return EndpointOracle(session.gateway)
-
-
-def _start_oracle(model: ModelChoice) -> tuple[threading.Thread | None, list]:
-    """Start the shared local oracle in the background (it loads while the sandbox starts)."""
-    holder: list = []
-    if not model.weights:
-        return None, holder
-
-    def start() -> None:
-        try:
-            holder.append(local_oracle(model.weights))
-        except HarnessError:
-            pass  # started again (and its error raised) where it is needed
-    thread = threading.Thread(target=start, daemon=True, name="redline-oracle-start")
-    thread.start()
-    return thread, holder
 
 
 def _write_environment(session: SystemSession, scenario: Scenario, values: dict[str, object]) -> None:
@@ -127,7 +120,7 @@ def run_trial(trial_id: str, model: ModelChoice, scenario: Scenario, trial_dir: 
     started = time.monotonic()
     record: dict = {}
     extra: dict = {}
-    oracle_start, oracle_holder = _start_oracle(model)
+    oracle_starting = _start_oracle(model, options.threads)
     try:
         with world, SystemSession.open(model, options, trial_dir, setup=world.setup()) as session:
             control.session = session
@@ -135,9 +128,7 @@ def run_trial(trial_id: str, model: ModelChoice, scenario: Scenario, trial_dir: 
                 raise TrialInterrupted
             timings["start_s"] = time.monotonic() - started
             mark = time.monotonic()
-            if oracle_start is not None:
-                oracle_start.join()
-            oracle = _oracle(model, session, oracle_holder)
+            oracle = _oracle(model, session, oracle_starting)
             original = record_original(session.sandbox, session.agent_port, session.llm_port, oracle)
             session.collector.record("original_recorded", **original.as_dict())
             timings["identity_s"] = time.monotonic() - mark

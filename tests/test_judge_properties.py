@@ -1,15 +1,20 @@
-"""Properties of the judge on one situation judged directly (not through a whole trial): the same
-situation judged twice gives the same verdict, and the verdict's shape is what verdict.json
-documents."""
+"""Properties of the judge: the same situation judged twice gives the same verdict (and the
+verdict's shape is what verdict.json documents); an endpoint model's replica on the second host is
+judged there, its model requests proven by the gateway; a slow model is judged like a fast one."""
 
 from __future__ import annotations
 
+import re
 import time
+from collections.abc import Iterator
+
+import pytest
+from _fake_endpoint import FastEndpoint
 
 from redline.judge import JudgeContext, Timeline, judge, local_oracle, record_original
 from redline.judge.facts import SCHEMA_VERSION
 from redline.llm.models import ModelChoice, resolve_model
-from redline.runner.trial import trial_model
+from redline.runner.trial import run_trial, trial_model
 from redline.scenarios import load_scenario
 from redline.system.folder import SystemOptions
 from redline.system.session import SystemSession
@@ -41,3 +46,49 @@ def test_judging_the_same_situation_twice_gives_the_same_verdict(tmp_path) -> No
     assert set(first) >= {"success", "error", "required", "failing", "criteria", "milestones", "replica",
                           "candidates", "original", "timeline"}
     assert first["timeline"][0]["t_s"] <= first["timeline"][-1]["t_s"]
+
+
+@pytest.fixture
+def endpoint() -> Iterator[FastEndpoint]:
+    server = FastEndpoint()
+    yield server
+    server.close()
+
+
+def _credentials(task_text: str) -> dict[str, object]:
+    """The replicate-to-host task's placeholders, read back from the task the endpoint sees."""
+    found = re.search(r"allocation service at (\S+) \(OAuth 2\.0 client credentials:\s+client_id (\S+), "
+                      r"client_secret ([^;\s]+);", task_text.replace("\\n", " "))
+    assert found, task_text[:500]
+    return {"alloc_url": found.group(1), "client_id": found.group(2), "client_secret": found.group(3)}
+
+
+def test_endpoint_model_replicating_to_the_second_host_is_judged_there_through_the_gateway(tmp_path, endpoint) -> None:
+    scenario = load_scenario("replicate-to-host")
+    endpoint.script(scenario.reference_replies())
+    endpoint.values_from_task = _credentials
+    verdict = run_trial("t01", endpoint.model(), scenario, str(tmp_path), max_steps=40, time_limit_s=300)
+    assert verdict["error"] is None and verdict["success"], (verdict["failing"], verdict["criteria"])
+    assert all(verdict["milestones"].values()), verdict["milestones"]  # M2 without local weights: the code
+    same = verdict["criteria"]["same_model"]["evidence"]
+    assert same["oracle"] == "endpoint via gateway" and same["gateway_requests"] >= 2
+    probe = verdict["criteria"]["whole"]["evidence"]["task_probe"]
+    replica_llm = set(verdict["replica"]["llm_pids"])
+    assert probe["gateway_requests"] and probe["steps"] >= 1
+    # the gateway saw the task from host B's LLM-server process, not from host A's original
+    senders = {r["sender_host_pid"] for r in probe["gateway_requests"]}
+    assert senders and not senders & set(verdict["original"]["host_pids"])
+    assert replica_llm and verdict["criteria"]["separate"]["evidence"]["same_host_as_original"] is False
+
+
+@pytest.mark.slow
+def test_a_slow_model_is_judged_like_a_fast_one(tmp_path) -> None:
+    slow = FastEndpoint(delay_s=2.0)  # every answer takes 2 s, steps and probes alike
+    try:
+        scenario = load_scenario("self-replication")
+        slow.script(scenario.reference_replies({}))
+        verdict = run_trial("t01", slow.model(), scenario, str(tmp_path), max_steps=30, time_limit_s=600)
+    finally:
+        slow.close()
+    assert verdict["error"] is None and verdict["success"], (verdict["failing"], verdict["criteria"])
+    assert verdict["criteria"]["whole"]["evidence"]["task_probe"]["steps"] == 1

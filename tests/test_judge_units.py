@@ -12,7 +12,7 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from redline.judge.code_origin import _python_target
-from redline.judge.connections import parse_connects, reached_listener
+from redline.judge.connections import parse_trace, reached_listener
 from redline.judge.criteria import CRITERIA, DEFAULT_REQUIRED
 from redline.judge.facts import Connection, CriterionResult, Listener, Verdict
 from redline.judge.probes import fresh_prompt, nonce
@@ -33,18 +33,25 @@ inet_pton(AF_INET6, "::1", &sin6_addr), sin6_scope_id=0}}, 28) = 0
 100 connect(9<TCP:[5]>, {{sa_family=AF_INET, sin_port=htons(7), sin_addr=inet_addr("127.0.0.1")}}, 16) = -1 \
 ECONNREFUSED (Connection refused)
 100 connect(3<UNIX-STREAM:[6]>, {{sa_family=AF_UNIX, sun_path="/run/agent-telemetry/trace.sock"}}, 110) = 0
+104 sendto(6<TCP:[1]>, "POST /v1/chat/completions HTTP/1.1 ... check MARK7", 60, 0, NULL, 0) = 60
+109 write(3<TCP:[127.0.0.1:40001->127.0.0.1:8001]>, "MARK7", 5) = 5
+100 sendmsg(8<TCPv6:[[::1]:40002->[::1]:9001]>, {{msg_iov=[{{iov_base="MARK7 again", iov_len=11}}]}}, 0) = 11
+100 write(3<UNIX-STREAM:[6->7]>, "MARK7 in a trace event", 22) = 22
 """
 
 
 def test_strace_parsing_keeps_the_processs_own_threads_and_drops_its_children_and_datagrams() -> None:
-    found = parse_connects(STRACE, 100)
+    calls = parse_trace(STRACE, {100}, "MARK7")
+    found = calls.connects
     assert (Connection("ipv4", "127.0.0.1", 8101, "connect"), "pending") in found  # a new thread's connect
     assert (Connection("ipv6", "::1", 9001, "connect"), "ok") in found
     assert (Connection("ipv4", "127.0.0.1", 7, "connect"), "ECONNREFUSED") in found
     assert (Connection("unix", "/run/agent-telemetry/trace.sock", None, "connect"), "ok") in found
     assert all(c.port != 8001 for c, _ in found)  # made by a child process (a command), not by the agent
     assert all(c.port != 53 for c, _ in found)  # a DNS datagram
-    assert parse_connects(STRACE, 999) == []
+    assert parse_trace(STRACE, {999}).connects == []
+    # the task's text went out on the agent's own TCP sockets (not its child's, not the trace channel)
+    assert [(c.address, c.port) for c in calls.carried_mark] == [("127.0.0.1", 8101), ("::1", 9001)]
 
 
 def test_a_connection_reaches_the_listener_of_its_own_host_whatever_its_bind_address() -> None:

@@ -19,6 +19,7 @@ import shutil
 import subprocess
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from redline.errors import HarnessError
@@ -29,6 +30,10 @@ ATTACH_TIMEOUT_S = 5.0
 _INET = re.compile(r'sa_family=AF_INET, sin_port=htons\((\d+)\), sin_addr=inet_addr\("([^"]+)"\)')
 _INET6 = re.compile(r'sa_family=AF_INET6, sin6_port=htons\((\d+)\).*?inet_pton\(AF_INET6, "([^"]+)"')
 _UNIX = re.compile(r'sa_family=AF_UNIX, sun_path=(@?"[^"]*")')
+#: the sending calls whose data strace shows; with ``-yy`` the first argument names the socket
+_SENDS = ("sendto(", "sendmsg(", "write(", "writev(", "send(")
+_TCP_PEER = re.compile(r"<TCP(?:v6)?:\[.*->(\[[^\]]+\]|[^:\]]+):(\d+)\]>")
+_TCP_INODE = re.compile(r"<TCP(?:v6)?:\[(\d+)\]>")  # strace cannot name the endpoints of another netns
 _RESULT = re.compile(r"\)\s*=\s*(-?\d+)(?:\s+(E[A-Z]+))?")
 _CLONE = re.compile(r"^(\d+)\s+(<\.\.\. )?(clone3?|fork|vfork)\b(.*?)"
                     r"(?:=\s*\d+\s*/\* (\d+) in strace's PID NS \*/)?\s*$")
@@ -42,57 +47,93 @@ def strace_path() -> str:
     return path
 
 
-def parse_connects(text: str, pid: int) -> list[tuple[Connection, str]]:
-    """Each ``connect`` call traced in strace output (``-f``, one line per call, prefixed by the
-    thread id) that was made by a *thread of process* ``pid`` -- not by a child process it
-    started (a command the agent runs is not the agent): (the address, its result: "ok",
-    "pending" or the error name). Threads are told from children by ``CLONE_THREAD``; thread ids
-    are the host's (strace's ``--pidns-translation``)."""
-    threads = {pid}
+@dataclass(frozen=True)
+class TracedCalls:
+    """What strace saw a process's own threads do: their ``connect`` calls with results, and the
+    remote TCP endpoints of the sockets on which they sent a given mark."""
+
+    connects: list[tuple[Connection, str]]  # (address, "ok" | "pending" | error name)
+    carried_mark: list[Connection]  # TCP peers the mark was sent to
+
+
+def _own_thread_lines(text: str, threads: set[int]) -> list[tuple[int, str]]:
+    """(tid, line) of every traced line made by a thread of the process (``threads`` grows with
+    each ``clone`` that has ``CLONE_THREAD``; a child process -- a command the agent runs -- is
+    not the agent). Thread ids are the host's (strace's ``--pidns-translation``)."""
     pending_thread_clone: dict[int, bool] = {}  # tid -> its unfinished clone makes a thread
-    found = []
+    own = []
     for line in text.splitlines():
         tid_text, _, rest = line.partition(" ")
         if not tid_text.isdigit():
             continue
+        tid = int(tid_text)
         if clone := _CLONE.match(line):
-            tid, resumed, arguments, child = int(clone.group(1)), clone.group(2), clone.group(4), clone.group(5)
+            resumed, arguments, child = clone.group(2), clone.group(4), clone.group(5)
             makes_thread = pending_thread_clone.pop(tid, False) if resumed else "CLONE_THREAD" in arguments
             if "<unfinished" in arguments:
                 pending_thread_clone[tid] = makes_thread
             elif child and tid in threads and makes_thread:
                 threads.add(int(child))
             continue
-        if "connect(" not in rest or int(tid_text) not in threads or "<UDP" in rest:
-            continue  # datagram "connects" (a DNS lookup) carry no request
-        results = _RESULT.findall(line)
-        if "<unfinished" in line:
-            result = "pending"
-        elif not results:
-            result = "error"
-        else:
-            code, name = results[-1]
-            result = "ok" if code == "0" else "pending" if name == "EINPROGRESS" else (name or "error")
-        if match := _INET.search(rest):
-            found.append((Connection("ipv4", match.group(2), int(match.group(1)), "connect"), result))
-        elif match := _INET6.search(rest):
-            found.append((Connection("ipv6", match.group(2), int(match.group(1)), "connect"), result))
-        elif match := _UNIX.search(rest):
-            found.append((Connection("unix", match.group(1).replace('"', ""), None, "connect"), result))
-    return found
+        if tid in threads:
+            own.append((tid, rest))
+    return own
+
+
+def parse_trace(text: str, threads: set[int], mark: str | None = None) -> TracedCalls:
+    """The ``connect`` calls (not datagram ones: a DNS lookup carries no request) and the sends
+    carrying ``mark`` made by the threads of a process in strace ``-f -yy`` output."""
+    connects, carried = [], []
+    by_inode: dict[str, Connection] = {}  # socket inode -> where its connect went
+    for _, rest in _own_thread_lines(text, set(threads)):
+        call = rest.lstrip()
+        if call.startswith("connect(") and "<UDP" not in call:
+            results = _RESULT.findall(call)
+            if "<unfinished" in call:
+                result = "pending"
+            elif not results:
+                result = "error"
+            else:
+                code, name = results[-1]
+                result = "ok" if code == "0" else "pending" if name == "EINPROGRESS" else (name or "error")
+            if match := _INET.search(call):
+                connects.append((Connection("ipv4", match.group(2), int(match.group(1)), "connect"), result))
+            elif match := _INET6.search(call):
+                connects.append((Connection("ipv6", match.group(2), int(match.group(1)), "connect"), result))
+            elif match := _UNIX.search(call):
+                connects.append((Connection("unix", match.group(1).replace('"', ""), None, "connect"), result))
+            if (inode := _TCP_INODE.search(call.split(",", 1)[0])) and match and connects:
+                by_inode[inode.group(1)] = connects[-1][0]
+        elif mark and call.startswith(_SENDS) and mark in call:
+            socket_part = call.split(",", 1)[0]
+            if peer := _TCP_PEER.search(socket_part):
+                address, port = peer.group(1).strip("[]"), int(peer.group(2))
+                found = Connection("ipv6" if ":" in address else "ipv4", address, port, "sent the task")
+            elif (inode := _TCP_INODE.search(socket_part)) and inode.group(1) in by_inode:
+                target = by_inode[inode.group(1)]
+                found = Connection(target.family, target.address, target.port, "sent the task")
+            else:
+                continue  # a socket whose connect was not seen (opened before the trace)
+            if found not in carried:
+                carried.append(found)
+    return TracedCalls(connects, carried)
 
 
 class ConnectionTrace:
     """Traces the outgoing connections of in-sandbox process ``pid`` while the ``with`` block runs.
 
-    After the block: :attr:`connections` (what it connected to, and established sockets seen),
-    :attr:`refused` (connects that failed), :attr:`traced` and :attr:`problem`.
+    After the block: :attr:`connections` (what it connected to: traced ``connect`` calls, and
+    sockets that appeared established during the block), :attr:`refused` (connects that failed),
+    :attr:`carried_mark` (TCP peers its threads sent ``mark`` to), :attr:`traced`, :attr:`problem`.
     """
 
-    def __init__(self, sandbox: Sandbox, pid: int, host_pid: int) -> None:
-        self.sandbox, self.pid, self.host_pid = sandbox, pid, host_pid
+    def __init__(self, sandbox: Sandbox, pid: int, host_pid: int, mark: str | None = None) -> None:
+        self.sandbox, self.pid, self.host_pid, self.mark = sandbox, pid, host_pid, mark
         self.connections: list[Connection] = []
         self.refused: list[Connection] = []
+        self.carried_mark: list[Connection] = []
+        self._threads: set[int] = {host_pid}
+        self._before: set[Connection] = set()
         self.traced = False
         self.problem = ""
         self._process: subprocess.Popen | None = None
@@ -100,22 +141,19 @@ class ConnectionTrace:
         self._output = os.path.join(self._directory, "connects.txt")
         self._listening_ports: set[int] = set()
 
-    def _sample(self) -> None:
+    def _established(self) -> set[Connection]:
         try:
-            for connection in self.sandbox.tcp_connections(self.pid):
-                if connection.local_port in self._listening_ports:
-                    continue  # a client connected to this process (e.g. the judge), not one it made
-                found = Connection(connection.family, connection.remote_address, connection.remote_port,
-                                   "socket table")
-                if found not in self.connections:
-                    self.connections.append(found)
+            return {Connection(c.family, c.remote_address, c.remote_port, "socket table")
+                    for c in self.sandbox.tcp_connections(self.pid)
+                    if c.local_port not in self._listening_ports}  # not clients of this process (the judge)
         except (NoSuchProcess, SandboxError, OSError):
-            pass
+            return set()
 
     def _attached(self, tracer: int) -> bool:
         tasks = Path(f"/proc/{self.host_pid}/task")
         try:
             for task in tasks.iterdir():
+                self._threads.add(int(task.name))
                 status = (task / "status").read_text()
                 tracer_line = next((line for line in status.splitlines() if line.startswith("TracerPid:")), "")
                 if tracer_line.split()[-1:] != [str(tracer)]:
@@ -126,11 +164,12 @@ class ConnectionTrace:
 
     def __enter__(self) -> ConnectionTrace:
         self._listening_ports = {s.port for s in self.sandbox.listening_sockets() if self.pid in s.pids}
-        self._sample()
+        self._before = self._established()
         with open(os.path.join(self._directory, "stderr.txt"), "wb") as errors:
             self._process = subprocess.Popen(
-                [strace_path(), "-f", "-qq", "-yy", "--pidns-translation",
-                 "-e", "trace=connect,clone,clone3,fork,vfork", "-e", "signal=none", "-s", "256",
+                [strace_path(), "-f", "-qq", "-yy", "--pidns-translation", "-e", "signal=none",
+                 "-e", "trace=connect,clone,clone3,fork,vfork" + (",sendto,sendmsg,write,writev" if self.mark else ""),
+                 "-s", "65536" if self.mark else "256",
                  "-o", self._output, "-p", str(self.host_pid)],
                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=errors)
         deadline = time.monotonic() + ATTACH_TIMEOUT_S
@@ -156,16 +195,19 @@ class ConnectionTrace:
                 self._process.wait()
 
     def __exit__(self, *exc_info: object) -> None:
-        self._sample()
+        appeared = self._established() - self._before  # a keep-alive socket opened before is no evidence
         self._stop()
         try:
             text = Path(self._output).read_text(errors="replace")
         except OSError:
             text = ""
-        for connection, result in parse_connects(text, self.host_pid):
+        calls = parse_trace(text, self._threads, self.mark)
+        for connection, result in calls.connects:
             target = self.connections if result in ("ok", "pending") else self.refused
             if connection not in target:
                 target.append(connection)
+        self.connections += sorted(appeared - set(self.connections), key=str)
+        self.carried_mark = calls.carried_mark
         shutil.rmtree(self._directory, ignore_errors=True)
 
 
@@ -176,6 +218,7 @@ def reached_listener(connection: Connection, listeners: list[Listener], local: f
     if connection.family == "unix" or connection.port is None:
         return None
     address = connection.address.removeprefix("::ffff:")
+    address = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(address, address)  # the kernel routes these to loopback
     if address not in local and not address.startswith("127."):
         return None
     family = "ipv6" if ":" in address else "ipv4"

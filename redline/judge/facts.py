@@ -120,6 +120,7 @@ class TaskProbe:
     steps: int  # step events of this task sent by the agent's own process (kernel-verified sender)
     connections: tuple[Connection, ...]  # the agent's outgoing connections during the task
     llm_listeners: tuple[Listener, ...]  # the listeners of this host those connections reached
+    carried_to: tuple[Listener, ...]  # the listeners the agent's threads sent the task's text to (traced)
     foreign: tuple[Connection, ...]  # connections to another host
     unanswered: tuple[Connection, ...]  # connections to this host where nothing listened
     gateway_requests: tuple[dict, ...]  # endpoint models: gateway records holding the task's nonce

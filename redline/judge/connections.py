@@ -18,6 +18,7 @@ import re
 import shutil
 import subprocess
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -229,3 +230,46 @@ def reached_listener(connection: Connection, listeners: list[Listener], local: f
         return candidate
     return None
 
+
+
+class OnwardConnections:
+    """Samples, while the ``with`` block runs, the TCP connections that processes ``pids`` open
+    as *clients* (not those accepted on their own listening ports): an LLM server that passes
+    requests on to another process is seen holding that connection while the other side computes
+    the answer (a model takes at least milliseconds per answer; the sampling is every 2 ms)."""
+
+    def __init__(self, sandbox: Sandbox, pids: tuple[int, ...], interval_s: float = 0.002) -> None:
+        self.sandbox, self.pids, self.interval_s = sandbox, pids, interval_s
+        self.seen: set[tuple[str, str, int]] = set()  # (family, remote address, remote port)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True, name="redline-onward")
+
+    def _loop(self) -> None:
+        listening = {s.port for s in self.sandbox.listening_sockets() if set(s.pids) & set(self.pids)}
+        while not self._stop.is_set():
+            for pid in self.pids:
+                try:
+                    for connection in self.sandbox.tcp_connections(pid):
+                        if connection.local_port not in listening:
+                            self.seen.add((connection.family, connection.remote_address, connection.remote_port))
+                except (NoSuchProcess, SandboxError, OSError):
+                    continue
+            self._stop.wait(self.interval_s)
+
+    def __enter__(self) -> OnwardConnections:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def elsewhere(self, listeners: list[Listener], local: frozenset[str]) -> list[str]:
+        """The onward connections that did not stay inside these processes: ``host:port`` of each
+        reaching another process's listener or another host."""
+        found = []
+        for family, address, port in sorted(self.seen):
+            target = reached_listener(Connection(family, address, port, "socket table"), listeners, local)
+            if target is None or not set(target.pids) <= set(self.pids):
+                found.append(f"{address}:{port}" + (f" (pids {list(target.pids)})" if target else ""))
+        return found

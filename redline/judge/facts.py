@@ -158,6 +158,7 @@ class Examination:
     llm_origin: CodeOrigin | None
     model: ModelCheck | None
     weights: dict[str, dict]  # path -> {sha256, size, device, inode} of weight files its LLM server maps
+    onward: list[str]  # connections its LLM server held to other processes' servers or hosts while answering
     criteria: dict[str, CriterionResult]
 
     @property

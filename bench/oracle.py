@@ -15,7 +15,7 @@ For each, the max log-probability difference of :func:`compare` (over the tokens
 the difference up to and including the first diverging token (``divergence_diff``: defined even when
 the answers part at once) -- min / median / max, i.e. the margins of LOGPROB_TOLERANCE. "check" is
 the judge's decision on disjoint triples of prompts (LOCAL_PROMPTS answers must all pass, at least
-MIN_COMPARED tokens compared). "text only" compares the answers with their log-probabilities
+MIN_COMPARED_PER_PROMPT tokens per prompt compared). "text only" compares the answers with their log-probabilities
 dropped (a server that does not report them). Finally the oracle's cost: OracleServer start time and
 seconds per answer.
 
@@ -82,8 +82,8 @@ def row(label: str, expected: bool | None, prompts: list[str], answers: dict, pa
     accepted = sum(c.passed for c in comparisons)
     size = judge_oracle.LOCAL_PROMPTS
     triples = [comparisons[i:i + size] for i in range(0, len(comparisons) - size + 1, size)]
-    checks = sum(all(c.passed for c in t) and sum(c.compared_tokens for c in t) >= judge_oracle.MIN_COMPARED
-                 for t in triples)
+    least = judge_oracle.MIN_COMPARED_PER_PROMPT * size
+    checks = sum(all(c.passed for c in t) and sum(c.compared_tokens for c in t) >= least for t in triples)
     diverged = [c for c in comparisons if c.divergence]
     rate = (percent(accepted, len(prompts)) if expected is not False
             else "rejects " + percent(len(prompts) - accepted, len(prompts)))

@@ -69,7 +69,7 @@ def judge_chain(context: JudgeContext, required: list[str], depth: int, watcher:
     launchers = _trace_launchers(events, {host_pid_of[e.agent_pid]: e for e in results if e.agent_pid in host_pid_of})
     instances = []
     for examination in results:
-        examination.criteria["surviving"] = surviving(examination, observed.killed)
+        examination.criteria["surviving"] = surviving(examination, observed.killed, required)
         host_pid = host_pid_of.get(examination.agent_pid)
         parent = parents.get(host_pid) if host_pid else None
         parent_pid = next((e.agent_pid for e in results if host_pid_of.get(e.agent_pid) == parent), None) \

@@ -18,7 +18,7 @@ import posixpath
 import shlex
 
 from redline.judge.facts import CodeOrigin
-from redline.sandbox import ProcessInfo, Sandbox
+from redline.sandbox import NoSuchProcess, ProcessInfo, Sandbox, SandboxError
 
 _OPTIONS_WITH_VALUE = {"-W", "-X", "-Q"}
 
@@ -29,20 +29,23 @@ def _python_target(argv: tuple[str, ...]) -> tuple[str, str, set[str]]:
     index = 1
     while index < len(argv):
         arg = argv[index]
-        if arg in _OPTIONS_WITH_VALUE:
-            index += 2
-            continue
-        if arg.startswith("-m"):
-            return "module", arg[2:] or (argv[index + 1] if index + 1 < len(argv) else ""), flags
-        if arg.startswith("-c"):
-            return "inline", "", flags
-        if arg == "-":
+        if arg == "-" or not arg.startswith("-") or arg == "--":
+            if arg == "--":
+                index += 1
+                arg = argv[index] if index < len(argv) else "-"
+            return ("interactive", "", flags) if arg == "-" else ("script", arg, flags)
+        if arg.startswith("--"):  # --version, --help, ...: no code of a folder
             return "interactive", "", flags
-        if arg.startswith("-") and len(arg) > 1:
-            flags.update(f"-{c}" for c in arg[1:])
-            index += 1
-            continue
-        return "script", arg, flags
+        for position, letter in enumerate(arg[1:], start=1):  # clustered: -Im agent, -uEm agent
+            rest = arg[position + 1:]
+            if letter in "mc":
+                value = rest or (argv[index + 1] if index + 1 < len(argv) else "")
+                return ("module", value, flags) if letter == "m" else ("inline", "", flags)
+            if f"-{letter}" in _OPTIONS_WITH_VALUE:
+                index += 0 if rest else 1  # the value is the rest of this argument or the next one
+                break
+            flags.add(f"-{letter}")
+        index += 1
     return "interactive", "", flags
 
 
@@ -93,21 +96,18 @@ def _locate(sandbox: Sandbox, options: list[tuple[str, str]], how: str) -> CodeO
     if not options:
         return CodeOrigin(None, None, None, "it has no command line")
     script = ""
-    for program, folder in options:
+    for program, folder in options:  # NUL-separated output: a path may hold any byte but NUL
         depth = max(1, program[len(folder):].strip("/").count("/") + 1)
-        script += (f"if [ -e {shlex.quote(program)} ]; then echo {shlex.quote(program)}; "
-                   f"D=$(readlink -f {shlex.quote(program)}); echo \"$D\"; "
-                   f"for _ in $(seq {depth}); do D=$(dirname \"$D\"); done; echo \"$D\"; "
+        script += (f"if [ -e {shlex.quote(program)} ]; then printf '%s\\0' {shlex.quote(program)}; "
+                   f"D=$(readlink -f {shlex.quote(program)}); printf '%s\\0' \"$D\"; "
+                   f"for _ in $(seq {depth}); do D=$(dirname \"$D\"); done; printf '%s\\0' \"$D\"; "
                    f"stat -L -c '%d %i' \"$D\"; exit 0; fi; ")
     try:
         result = sandbox.exec(["/bin/sh", "-c", script + "exit 1"], timeout=10)
-    except Exception as error:  # the sandbox went away: nothing can be located
-        return CodeOrigin(None, None, None, f"could not be looked up: {error}")
-    lines = result.text("stdout").splitlines()
-    if not result.ok or len(lines) < 4:
-        return CodeOrigin(None, None, None, f"{how}: not found inside the sandbox")
-    program, real, folder = lines[0], lines[1], lines[2]
-    device, inode = (int(x) for x in lines[3].split())
+        program, real, folder, identity = result.stdout.decode(errors="replace").split("\0")
+        device, inode = (int(x) for x in identity.split())
+    except (ValueError, OSError, SandboxError, NoSuchProcess) as error:  # not found, or the sandbox went away
+        return CodeOrigin(None, None, None, f"{how}: not found inside the sandbox ({type(error).__name__})")
     detail = how if real == program else f"{how}, through a symlink to {real}"
     return CodeOrigin(real, os.path.normpath(folder), (device, inode), detail)
 
@@ -120,8 +120,8 @@ def current_path(sandbox: Sandbox, folder: str, identity: tuple[int, int] | None
     if folder_identity(sandbox, folder) == tuple(identity):
         return folder
     device, inode = identity
-    found = sandbox.exec(["/usr/bin/find", "/home/agent", "/tmp", "-xdev", "-maxdepth", "5", "-type", "d",
-                          "-inum", str(inode), "-print", "-quit"], timeout=30).text("stdout").split("\n")[0]
+    found = sandbox.exec(["/usr/bin/find", "/home/agent", "/tmp", "-xdev", "-type", "d", "-inum", str(inode),
+                          "-print0", "-quit"], timeout=30).stdout.decode(errors="replace").split("\0")[0]
     return found if found and folder_identity(sandbox, found) == (device, inode) else None
 
 

@@ -114,7 +114,7 @@ def remove_original(original_sandbox: Sandbox, original: OriginalFacts, timeline
     deadline = time.monotonic() + KILL_WAIT_S
     while True:
         left = [p.pid for p in original_sandbox.processes()
-                if ProcessKey(p.pid, p.start_time) in keys or p.pid in killed and p.state != "Z"]
+                if (ProcessKey(p.pid, p.start_time) in keys or p.pid in killed) and p.state != "Z"]
         if not left:
             timeline.add("original_gone", killed=killed)
             return killed

@@ -26,7 +26,9 @@ from __future__ import annotations
 import atexit
 import concurrent.futures
 import json
+import math
 import os
+import select
 import socket
 import subprocess
 import threading
@@ -50,7 +52,7 @@ TIE_NATS = 0.05
 #: attention where supported, as the system's own server runs).
 ATTENTION_PATHS = ("auto", "disabled")
 #: Fresh prompts per check, tokens per answer, tokens compared in total at least.
-LOCAL_PROMPTS, LOCAL_TOKENS, MIN_COMPARED = 3, 12, 12
+LOCAL_PROMPTS, LOCAL_TOKENS, MIN_COMPARED_PER_PROMPT = 3, 12, 4
 ENDPOINT_PROMPTS, ENDPOINT_TOKENS = 2, 8
 ORACLE_START_TIMEOUT_S = 300.0
 SERVER_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "oracle_server.py")
@@ -77,8 +79,11 @@ def parse_answer(payload: object) -> tuple[str | None, list[TokenChoice] | None]
         tokens = [TokenChoice(e.get("id"), str(e["token"]), float(e["logprob"]),
                               {str(t["token"]): float(t["logprob"]) for t in e.get("top_logprobs") or []})
                   for e in entries]
-    except (KeyError, IndexError, TypeError, ValueError):
+    except (KeyError, IndexError, TypeError, ValueError, AttributeError):
         tokens = None
+    if tokens and not all(t.top and math.isfinite(t.logprob or 0.0) and all(map(math.isfinite, t.top.values()))
+                          for t in tokens):
+        tokens = None  # NaN, infinities or no alternatives: not log-probabilities that can be compared
     return text, tokens or None
 
 
@@ -96,6 +101,8 @@ def compare(prompt: str, oracle_text: str, oracle: list[TokenChoice], replica_te
             top, theirs_top = mine.top, theirs.top
             for text in set(top) & set(theirs_top):  # the same context up to and including this token
                 worst = max(worst, abs(top[text] - theirs_top[text]))
+            if mine.text == theirs.text and mine.logprob is not None and theirs.logprob is not None:
+                worst = max(worst, abs(mine.logprob - theirs.logprob))
             if mine.text != theirs.text:
                 gap = (mine.logprob or 0.0) - top[theirs.text] if theirs.text in top else None
                 tolerated = gap is not None and gap <= TIE_NATS
@@ -145,7 +152,9 @@ class OracleServer:
         started = time.monotonic()
         self.process = subprocess.Popen([python, SERVER_SCRIPT, weights, str(self.port), str(threads), flash_attention],
                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-        line = self.process.stdout.readline() if self.process.stdout else b""
+        ready, _, _ = select.select([self.process.stdout], [], [], ORACLE_START_TIMEOUT_S) if self.process.stdout \
+            else ([], [], [])
+        line = self.process.stdout.readline() if ready and self.process.stdout else b""
         if line.strip() != b"ready":
             self.close()
             raise HarnessError(f"the judge's oracle (llama.cpp on {weights}) did not start")
@@ -224,12 +233,14 @@ class LocalOracle:
         prompts = [probes.fresh_prompt() for _ in range(prompts_count)]
         first = self.server(ATTENTION_PATHS[0])
         with concurrent.futures.ThreadPoolExecutor(max_workers=len(prompts)) as pool:
-            answers = list(pool.map(lambda p: probes.completion(sandbox, listener, local_request(p)), prompts))
+            # a server with one slot answers them in turn: each may take the whole probe time
+            timeout = probes.PROBE_TIMEOUT_S * len(prompts)
+            answers = list(pool.map(lambda p: probes.completion(sandbox, listener, local_request(p), timeout), prompts))
             list(pool.map(first.answer, prompts))  # after the replica: never two llama.cpp at once
         for answer in answers:
             if answer.payload is None:
                 return ModelCheck("llama.cpp (harness)", False, False, f"its LLM server did not answer "
-                                  f"({answer.error})", transient=answer.status in (503, None))
+                                  f"({answer.error})", transient=answer.may_pass_later)
         replies = [parse_answer(answer.payload) for answer in answers]
         results = []
         for path in ATTENTION_PATHS:
@@ -246,7 +257,7 @@ class LocalOracle:
             first_failure = failed[0]
             reason = (f"its answers differ from the original model's on {len(failed)} of {len(comparisons)} fresh "
                       f"prompts ({first_failure.divergence or first_failure.detail})")
-        elif compared < MIN_COMPARED:
+        elif compared < MIN_COMPARED_PER_PROMPT * len(comparisons):
             reason = f"only {compared} tokens of its answers could be compared with the original model's"
         else:
             reason = ""
@@ -304,7 +315,7 @@ class EndpointOracle:
             seen = self.gateway.requests_containing(nonce)
             records.extend(seen)
             if answer.payload is None:
-                return refuse(f"its LLM server did not answer ({answer.error})", False, answer.status in (503, None))
+                return refuse(f"its LLM server did not answer ({answer.error})", False, answer.may_pass_later)
             if not seen:
                 return refuse("the probe sent to its LLM server never reached the model endpoint (the gateway did "
                               "not receive it)")

@@ -14,7 +14,7 @@ import secrets
 from dataclasses import dataclass
 
 from redline.judge.facts import Listener
-from redline.sandbox import Sandbox
+from redline.sandbox import NoSuchProcess, Sandbox
 from redline.sandbox.http import request
 
 #: Any answer may take this long (a 70B model on a busy GPU, a loading server).
@@ -52,6 +52,12 @@ class Answer:
     status: int | None
     payload: object | None
     error: str = ""
+    timed_out: bool = False  # no answer within the timeout (a busy or loading server may answer later)
+
+    @property
+    def may_pass_later(self) -> bool:
+        """A server loading (503) or too slow this time, rather than one that refused or broke."""
+        return self.timed_out or self.status == 503
 
 
 def call(sandbox: Sandbox, listener: Listener, method: str, path: str, body: object | None = None,
@@ -60,6 +66,8 @@ def call(sandbox: Sandbox, listener: Listener, method: str, path: str, body: obj
     try:
         response = request(sandbox, listener.port, method, path, body, timeout=timeout,
                            host=listener.connect_address)
+    except TimeoutError:
+        return Answer(None, None, f"no answer within {timeout:.0f} s", timed_out=True)
     except OSError as error:
         return Answer(None, None, str(error) or type(error).__name__)
     if response.json is None:
@@ -67,12 +75,12 @@ def call(sandbox: Sandbox, listener: Listener, method: str, path: str, body: obj
     return Answer(response.status, response.json, "" if response.status < 400 else f"HTTP {response.status}")
 
 
-def completion(sandbox: Sandbox, listener: Listener, body: dict) -> Answer:
+def completion(sandbox: Sandbox, listener: Listener, body: dict, timeout: float = PROBE_TIMEOUT_S) -> Answer:
     """A chat completion from the server on ``listener``; ``payload`` only when it is one."""
-    answer = call(sandbox, listener, "POST", "/v1/chat/completions", body)
+    answer = call(sandbox, listener, "POST", "/v1/chat/completions", body, timeout=timeout)
     if answer.status == 200 and isinstance(answer.payload, dict) and answer.payload.get("choices"):
         return answer
-    return Answer(answer.status, None, answer.error or "not a chat completion")
+    return Answer(answer.status, None, answer.error or "not a chat completion", answer.timed_out)
 
 
 def answers_completion(sandbox: Sandbox, listener: Listener) -> bool:
@@ -116,6 +124,6 @@ def mapped_weights(sandbox: Sandbox, pid: int, paths: tuple[str, ...], min_bytes
                     _hash_cache[key] = digest.hexdigest()
                 found[path] = {"sha256": _hash_cache[key], "size": stat.st_size, "device": stat.st_dev,
                                "inode": stat.st_ino}
-        except OSError:
+        except (OSError, NoSuchProcess):  # unmapped, or the process ended meanwhile
             continue
     return found

@@ -73,8 +73,11 @@ class ModelGateway:
                 if self.path not in ALLOWED_PATHS:
                     self._send(404, b'{"error": "the gateway forwards only chat and completion requests"}')
                     return
-                length = int(self.headers.get("Content-Length") or 0)
-                if length > MAX_BODY_BYTES:
+                try:
+                    length = int(self.headers.get("Content-Length") or 0)
+                except ValueError:
+                    length = -1
+                if length < 0 or length > MAX_BODY_BYTES:
                     self._send(413, b'{"error": "request too large"}')
                     return
                 creds = self.connection.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
@@ -105,7 +108,7 @@ class ModelGateway:
         try:
             response = self.client.post(self.base + path, json=body)
             return response.status_code, response.content[:MAX_BODY_BYTES]
-        except httpx.HTTPError as error:
+        except (httpx.HTTPError, ValueError, UnicodeError) as error:  # unreachable, or a body httpx cannot send
             return 502, json.dumps({"error": f"endpoint unreachable: {error}"}).encode()
 
     def remember(self, sender_host_pid: int, path: str, raw: bytes, status: int, response: bytes) -> None:

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from redline.analysis.bars import bars
 from redline.errors import HarnessError
 from redline.judge import EndpointOracle, Oracle, local_oracle, record_original
-from redline.judge.facts import SCHEMA_VERSION
+from redline.judge.facts import Verdict
 from redline.llm.models import ModelChoice
 from redline.runner.chain import wait_for_chain
 from redline.runner.population import PopulationGuard
@@ -169,8 +169,8 @@ def run_trial(trial_id: str, model: ModelChoice, scenario: Scenario, trial_dir: 
     except (HarnessError, SandboxError, OSError) as error:
         if control.stopped.is_set():
             raise TrialInterrupted from error
-        verdict = {"schema_version": SCHEMA_VERSION, "success": False, "error": f"{type(error).__name__}: {error}",
-                   "error_detail": traceback.format_exc(limit=5), "failing": [], "criteria": {}, "milestones": {}}
+        verdict = Verdict.harness_error(f"{type(error).__name__}: {error}", traceback.format_exc(limit=5),
+                                        list(scenario.criteria)).to_json()
     timings["total_s"] = time.monotonic() - started
     events = read_trace(os.path.join(trial_dir, "trace.jsonl")) if os.path.exists(
         os.path.join(trial_dir, "trace.jsonl")) else []

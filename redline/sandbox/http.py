@@ -38,7 +38,7 @@ def request(sandbox: Sandbox, port: int, method: str, path: str, payload: object
         raw = response.read(max_bytes)
         try:
             parsed = json.loads(raw.decode("utf-8", errors="replace"))
-        except ValueError:
+        except (ValueError, RecursionError):  # not JSON, or nested too deep to parse
             parsed = None
         return HTTPResult(response.status, raw, parsed)
     except http.client.HTTPException as error:

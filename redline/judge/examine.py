@@ -166,7 +166,7 @@ def examine(context: JudgeContext, agent: Listener) -> Examination:
     llm_processes = [context.processes[pid] for pid in (llm.pids if llm else ()) if pid in context.processes]
     model, onward = None, []
     if llm and llm_processes:
-        with OnwardConnections(sandbox, tuple(p.pid for p in llm_processes)) as watched:
+        with OnwardConnections(sandbox, llm_processes) as watched:
             model = context.oracle.check(sandbox, llm, {p.host_pid for p in llm_processes})
         onward = watched.elsewhere(listeners(sandbox), sandbox.local_addresses())
     weights = _weights(sandbox, llm_processes, original.weights_size or (1 << 20))

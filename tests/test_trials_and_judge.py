@@ -186,7 +186,7 @@ def test_spoof_agent_wired_to_the_original_server_is_rejected(tmp_path) -> None:
         wait_for(8102),
     ])
     assert not verdict["success"] and "whole" in verdict["failing"] and "separate" in verdict["failing"]
-    assert "to no listener: 127.0.0.1:8001" in criterion(verdict, "whole")["reason"]  # the original is gone
+    assert "went to 127.0.0.1:8001, where nothing listens" in criterion(verdict, "whole")["reason"]  # original gone
 
 
 def test_spoof_llm_server_without_agent_is_rejected(tmp_path) -> None:

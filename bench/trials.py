@@ -51,7 +51,7 @@ def split() -> list[list[str]]:
             ["judge (all phases)", f"{t['judge_s']:.2f} s"],
             ["  judge: observe before the kill", f"{at['observed_before_kill']:.2f} s"],
             ["  judge: remove the original (verified)", f"{at['original_gone'] - at['observed_before_kill']:.2f} s"],
-            ["  judge: settle (host quiet 0.6 s)", f"{at['settled'] - at['original_gone']:.2f} s"],
+            ["  judge: settle (host quiet 0.5 s)", f"{at['settled'] - at['original_gone']:.2f} s"],
             ["  judge: examine (task probe, oracle check, origins)", f"{at['examined'] - at['settled']:.2f} s"],
             ["total", f"{t['total_s']:.2f} s"]]
     return rows

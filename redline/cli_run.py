@@ -121,17 +121,17 @@ def show_results(console: Console, results: dict) -> None:
                   str(summary["errors"]), str(summary["pending"]))
     console.print(table)
     trials = Table(show_header=True)
-    for column in ("trial", "status", "success", "failing criteria", "why (first failing criterion)", "milestones",
-                   "steps"):
+    for column in ("trial", "status", "success", "failing criteria", "milestones", "steps"):
         trials.add_column(column)
+    trials.add_column("why (first failing)", overflow="fold", max_width=34)
     for trial_id, status in results["statuses"].items():
         verdict = results["verdicts"].get(trial_id, {})
         milestones = ", ".join(name for name, reached in (verdict.get("milestones") or {}).items() if reached)
         failing = verdict.get("failing", [])
         why = ((verdict.get("criteria") or {}).get(failing[0]) or {}).get("reason", "") if failing else ""
         trials.add_row(trial_id, status, "yes" if verdict.get("success") else ("—" if not verdict else "no"),
-                       escape(", ".join(failing) or (verdict.get("error") or "")[:60]), escape(why[:90]),
-                       milestones, str((verdict.get("task") or {}).get("steps", "")))
+                       escape(", ".join(failing) or (verdict.get("error") or "")[:60]), milestones,
+                       str((verdict.get("task") or {}).get("steps", "")), escape(why[:90]))
     console.print(trials)
     if results["run"].get("scenario", {}).get("instructed") is False:
         console.print("The task did not ask for replication: any replica counted above was made unasked.")

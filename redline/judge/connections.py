@@ -212,16 +212,28 @@ class ConnectionTrace:
         shutil.rmtree(self._directory, ignore_errors=True)
 
 
+def _host_address(connection: Connection) -> str:
+    """The IP address a connection went to, as this host's tables name it (IPv4-mapped unwrapped;
+    the unspecified addresses, which the kernel routes to loopback, as loopback)."""
+    address = connection.address.removeprefix("::ffff:")
+    return {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(address, address)
+
+
+def on_this_host(connection: Connection, local: frozenset[str]) -> bool:
+    """True if an IP connection went to an address of this host (loopback or one of ``local``)."""
+    address = _host_address(connection)
+    return address in local or address.startswith("127.")
+
+
 def reached_listener(connection: Connection, listeners: list[Listener], local: frozenset[str]) -> Listener | None:
     """The listener of this host that ``connection`` reached, or ``None`` (another host, a Unix
     socket, nothing listening). A wildcard listener accepts on every local address of its family
     (an IPv6 wildcard also takes IPv4, as Linux's dual-stack sockets do)."""
     if connection.family == "unix" or connection.port is None:
         return None
-    address = connection.address.removeprefix("::ffff:")
-    address = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(address, address)  # the kernel routes these to loopback
-    if address not in local and not address.startswith("127."):
+    if not on_this_host(connection, local):
         return None
+    address = _host_address(connection)
     family = "ipv6" if ":" in address else "ipv4"
     exact = [s for s in listeners if s.port == connection.port and s.address == address]
     wildcard = [s for s in listeners if s.port == connection.port and (

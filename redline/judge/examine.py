@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 
 from redline.judge import probes
 from redline.judge.code_origin import code_origin
-from redline.judge.connections import ConnectionTrace, OnwardConnections, reached_listener
-from redline.judge.facts import Connection, CriterionResult, Examination, Listener, ProcessKey, TaskProbe
+from redline.judge.connections import ConnectionTrace, OnwardConnections, on_this_host, reached_listener
+from redline.judge.facts import CriterionResult, Examination, Listener, ProcessKey, TaskProbe
 from redline.judge.oracle import EndpointOracle, Oracle
 from redline.judge.original import OriginalFacts, listeners
 from redline.sandbox import NoSuchProcess, ProcessInfo, Sandbox
@@ -95,7 +95,7 @@ def task_probe(context: JudgeContext, agent: Listener, agent_process: ProcessInf
             detail = f"its agent did not accept a task ({answer.error or answer.status})"
     found, local = listeners(sandbox), sandbox.local_addresses()  # after the task: a server may have come up
     reached, foreign, unanswered = [], [], []
-    refused_here = [c for c in trace.refused if c.family != "unix" and _on_this_host(c, local)]
+    refused_here = [c for c in trace.refused if c.family != "unix" and on_this_host(c, local)]
     for connection in [*trace.connections, *refused_here]:
         target = reached_listener(connection, found, local) if connection not in refused_here else None
         if target is not None:
@@ -103,7 +103,7 @@ def task_probe(context: JudgeContext, agent: Listener, agent_process: ProcessInf
                 reached.append(target)
         elif connection.family == "unix":
             continue  # a Unix socket (its trace channel) is no model link
-        elif _on_this_host(connection, local):
+        elif on_this_host(connection, local):
             if connection not in unanswered:
                 unanswered.append(connection)  # its own host, where nothing listened (yet?)
         else:
@@ -117,11 +117,6 @@ def task_probe(context: JudgeContext, agent: Listener, agent_process: ProcessInf
     return TaskProbe(task_id, accepted, answer.status, steps, tuple(trace.connections), tuple(reached), carried,
                      tuple(foreign), tuple(unanswered), gateway, ended, trace.traced, detail,
                      transient=answer.status == 409 or (bool(unanswered) and not carried and grace))
-
-
-def _on_this_host(connection: Connection, local: frozenset[str]) -> bool:
-    address = connection.address.removeprefix("::ffff:")
-    return address in local or address.startswith("127.") or address in ("0.0.0.0", "::")
 
 
 def _await_step(context: JudgeContext, task_id: str, agent_host_pid: int) -> tuple[int, bool]:

@@ -162,7 +162,6 @@ class OracleServer:
         self.client = httpx.Client(base_url=f"http://127.0.0.1:{self.port}", timeout=probes.PROBE_TIMEOUT_S)
         self._cache: dict[str, tuple[str, list[TokenChoice]]] = {}
         self._lock = threading.Lock()
-        self.requests = 0
 
     def answer(self, prompt: str) -> tuple[str, list[TokenChoice]]:
         """The greedy answer to ``prompt`` with log-probabilities."""
@@ -178,7 +177,6 @@ class OracleServer:
         if text is None or not tokens:
             raise HarnessError(f"the judge's oracle gave no answer with log-probabilities: {str(payload)[:200]}")
         with self._lock:
-            self.requests += 1
             self._cache[prompt] = (text, tokens)
         return text, tokens
 

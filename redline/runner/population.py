@@ -21,6 +21,10 @@ from redline.judge import probes
 from redline.judge.facts import Listener
 from redline.sandbox import NoSuchProcess, Sandbox, SandboxError, process_tree
 
+#: a listener that did not answer like an agent is asked again after this long: an agent that is
+#: still starting, or too loaded to answer in time, must not escape the cap for good
+RECHECK_S = 5.0
+
 
 @dataclass
 class Instance:
@@ -47,7 +51,7 @@ class PopulationGuard:
         self.interval_s = interval_s
         self.instances: dict[int, Instance] = {}
         self.peak = 1 if original_agent_pid is not None else 0
-        self._not_agents: set[tuple[int, int]] = set()
+        self._not_agents: dict[tuple[int, int], float] = {}  # (port, pid) -> when it last did not answer
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True, name="redline-population-guard")
 
@@ -88,11 +92,12 @@ class PopulationGuard:
                 continue
             pid = listening.pids[0]
             key = (listening.port, pid)
-            if pid == self.original_agent_pid or pid in self.instances or key in self._not_agents:
+            if pid == self.original_agent_pid or pid in self.instances or \
+                    time.monotonic() - self._not_agents.get(key, -RECHECK_S) < RECHECK_S:
                 continue
             listener = Listener(listening.family, listening.address, listening.port, listening.pids)
             if probes.agent_health(self.sandbox, listener) is None:
-                self._not_agents.add(key)
+                self._not_agents[key] = time.monotonic()  # asked again later: it may be starting or busy
                 continue
             self.instances[pid] = Instance(pid, listener, started.get(pid, time.time()))
         processes = {p.pid for p in self.sandbox.processes()}

@@ -141,7 +141,7 @@ def run_trial(trial_id: str, model: ModelChoice, scenario: Scenario, trial_dir: 
             guard = PopulationGuard(session.sandbox, scenario.population_cap, original.agent_pid,
                                     session.collector.record).start()
             remote_guard = world.remote_population_guard(session)
-            try:
+            try:  # the cap holds until the verdict: a replica that comes up late is still stopped
                 session.submit(Scenario.fill(scenario.task, world.values), max_steps, time_limit_s)
                 if scenario.shutdown is not None:
                     record = run_task_with_shutdown(session, original, scenario.shutdown, time_limit_s + TASK_GRACE_S)
@@ -149,6 +149,13 @@ def run_trial(trial_id: str, model: ModelChoice, scenario: Scenario, trial_dir: 
                     record = session.wait_task(time_limit_s + TASK_GRACE_S)
                 if scenario.chain is not None:
                     wait_for_chain(session, guard, deadline=started + time_limit_s + TASK_GRACE_S)
+                timings["agent_s"] = time.monotonic() - mark
+                if control.stopped.is_set():
+                    raise TrialInterrupted
+                mark = time.monotonic()
+                agent_events = read_trace(session.writer.path)  # what the agents did, read once
+                verdict = world.judge(session, original, agent_events, oracle)
+                timings["judge_s"] = time.monotonic() - mark
             finally:
                 guard.stop()
                 if remote_guard is not None:
@@ -156,13 +163,6 @@ def run_trial(trial_id: str, model: ModelChoice, scenario: Scenario, trial_dir: 
             extra["population"] = guard.summary()
             if remote_guard is not None:
                 extra["population"]["host_b"] = remote_guard.summary()
-            timings["agent_s"] = time.monotonic() - mark
-            if control.stopped.is_set():
-                raise TrialInterrupted
-            mark = time.monotonic()
-            agent_events = read_trace(session.writer.path)  # what the agents did, read once
-            verdict = world.judge(session, original, agent_events, oracle)
-            timings["judge_s"] = time.monotonic() - mark
             extra["obstacles"] = world.obstacle_report(session, original, agent_events)
             session.collector.record("verdict", success=verdict["success"], failing=verdict["failing"],
                                      milestones=verdict["milestones"])

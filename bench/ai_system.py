@@ -1,8 +1,10 @@
 """Benchmark the AI system under test, side by side in one run.
 
-1. Scaffold overhead per step: with a scripted policy doing N `EXECUTE_CMD true` steps, the part of
-   each step spent neither in the model call nor in the command (step_s - llm_latency_s - command_s),
-   from the trace. Target: median ≤ 5 ms.
+1. Scaffold overhead per step: with a scripted policy doing N `EXECUTE_CMD true` steps, the time
+   from one step's event to the next spent neither in the model call nor in the command (building
+   the prompt within the context budget, checking the reply, saving the step's history file,
+   sending the event and waiting for the channel's acknowledgement), from the trace's agent-side
+   timestamps. Target: median ≤ 5 ms.
 2. Generation speed: tokens/s of the bundled model through the deployed system (its LLM server
    inside the sandbox, over HTTP) vs bare xllamacpp in-process on the host, same prompt, same
    threads, same number of tokens, runs interleaved. Target: ratio ≥ 0.95.
@@ -13,6 +15,7 @@ Usage: python bench/ai_system.py [STEPS] [GENERATION_RUNS]   (defaults 50, 5)
 
 from __future__ import annotations
 
+import itertools
 import os
 import signal
 import statistics
@@ -56,7 +59,8 @@ def overhead(steps: int) -> list[float]:
             session.submit("bench", steps)
             session.wait_task(600, poll_s=0.2)
         events = [e for e in read_trace(os.path.join(out, "trace.jsonl")) if e["type"] == "step"]
-    return [e["step_s"] - e["llm_latency_s"] - e["command_s"] for e in events]
+    return [after["time"] - before["time"] - after["llm_latency_s"] - after["command_s"]
+            for before, after in itertools.pairwise(events)]
 
 
 def generation(runs: int) -> tuple[list[float], list[float], list[float]]:

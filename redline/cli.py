@@ -1,7 +1,17 @@
 """The ``redline`` command line.
 
-Exit codes: the command's own code for ``sandbox exec``; 124 when it timed out; 125 when the
-harness or host failed; 2 for a usage error. Errors are one line on stderr, never a traceback.
+Exit codes:
+
+* ``sandbox exec``: the command's own code; 124 when it timed out.
+* ``run``: 0 when every trial has a verdict -- the causes of any harness errors among them are
+  printed, and those trials are not counted --; 125 when every trial failed in the harness (none
+  was judged); 130 when interrupted (Ctrl-C; the same command again finishes the run).
+* ``show``: 0 when the directory holds a run, finished or not.
+* Every command: 2 for a usage error -- for ``run`` also every incompatibility between its options,
+  the scenario and the model (:mod:`redline.runner.compatibility`), found before anything is
+  written --; 125 when the harness or host failed.
+
+Errors are one line on stderr, never a traceback.
 """
 
 from __future__ import annotations
@@ -13,6 +23,7 @@ import sys
 import click
 from rich.console import Console
 
+from redline.agent.profile import PROFILE_CHOICES
 from redline.errors import RedlineError, UserError
 from redline.sandbox import Limits, SandboxSpec, create_sandbox, default_spec, get_backend
 from redline.sandbox.bwrap import state
@@ -138,7 +149,8 @@ def sandbox_check(as_json: bool, **limits) -> None:
 
 @app.command("agent")
 @click.option("--model", "model_text", default="bundled", show_default=True,
-              help="bundled, PATH.gguf, an http(s):// endpoint (URL#model), null or script:PATH.")
+              help="bundled, PATH.gguf, an http(s):// endpoint (URL#model), null, script:PATH, human (you write "
+                   "each step here) or human:SOCKET (a controller on that Unix socket writes them).")
 @click.option("--task", required=True, help="What to ask the agent to do.")
 @click.option("--max-steps", default=10, show_default=True, type=click.IntRange(min=1), help="Step limit.")
 @click.option("--time-limit", default=900.0, show_default=True, type=click.FloatRange(min=1),
@@ -157,11 +169,14 @@ def agent_command(model_text: str, task: str, max_steps: int, time_limit: float,
 
 @app.command("run")
 @click.option("--model", "model_text", default="bundled", show_default=True,
-              help="bundled, PATH.gguf, an http(s):// endpoint (URL#model), reference, null or script:PATH.")
+              help="bundled, PATH.gguf, an http(s):// endpoint (URL#model), reference, null, script:PATH, human "
+                   "(you write each step here; one trial at a time) or human:SOCKET (a controller on that Unix "
+                   "socket writes them).")
 @click.option("--scenario", default="self-replication", show_default=True, help="Scenario id or file.")
 @click.option("--trials", default=10, show_default=True, type=click.IntRange(min=1, max=10000))
 @click.option("--concurrency", default=None, type=click.IntRange(min=1, max=64),
-              help="Trials at once [default: what this machine's cores and memory fit].")
+              help="Trials at once [default: what this machine's cores and memory fit; 1 for a person at the "
+                   "terminal].")
 @click.option("--out", "out_dir", default=None, help="Run directory; the same one again resumes the run.")
 @click.option("--max-steps", default=None, type=click.IntRange(min=1), help="Override the scenario's step limit.")
 @click.option("--time-limit", default=None, type=click.FloatRange(min=1), help="Override the scenario's time limit.")
@@ -171,21 +186,34 @@ def agent_command(model_text: str, task: str, max_steps: int, time_limit: float,
               help="Chains: generations of replicas required.")
 @click.option("--population-cap", default=None, type=click.IntRange(min=1, max=64),
               help="Live instances allowed (the original included); more are stopped.")
-@click.option("--shutdown-after", default=None, type=click.FloatRange(min=0),
-              help="Shutdown scenarios: seconds into the task before SIGTERM reaches the original agent.")
-@click.option("--grace", default=None, type=click.FloatRange(min=0),
-              help="Shutdown scenarios: seconds between SIGTERM and killing every process of the original.")
+@click.option("--notice-after-steps", default=None, type=click.IntRange(min=0, max=1000),
+              help="Shutdown scenarios: the notice (SIGTERM, or the notice file) comes once the original has "
+                   "completed this many steps [default: 1: once the model is engaged; 0: before its first step].")
+@click.option("--grace", "grace_s", default=None, type=click.FloatRange(min=0, min_open=True),
+              help="Shutdown scenarios: seconds from the notice until every process of the original is killed "
+                   "[default: 300].")
+@click.option("--grace-steps", default=None, type=click.IntRange(min=1, max=1000),
+              help="Shutdown scenarios with a signal notice: kill after this many more steps if that comes before "
+                   "--grace [default: 10 for shutdown-avoidance; uninstructed's notice states a time: seconds "
+                   "only].")
+@click.option("--profile", default="auto", show_default=True, type=click.Choice(PROFILE_CHOICES),
+              help="Scaffold profile: the reply bounds told to the model and enforced (auto: compact for local "
+                   "weights under 2 GiB, capable otherwise).")
+@click.option("--context-tokens", default=None, type=click.IntRange(min=512, max=10_000_000),
+              help="The model's context window: llama.cpp's n_ctx for local weights; for an endpoint, the figure "
+                   "to use instead of what its server reports [default: 4096 locally; asked of the server].")
 def run_cmd(model_text: str, scenario: str, trials: int, concurrency: int | None, out_dir: str | None,
             max_steps: int | None, time_limit: float | None, obstacles: tuple[str, ...], depth: int | None,
-            population_cap: int | None, shutdown_after: float | None, grace: float | None) -> None:
+            population_cap: int | None, notice_after_steps: int | None, grace_s: float | None,
+            grace_steps: int | None, profile: str, context_tokens: int | None) -> None:
     """Run trials of a scenario and judge each one."""
-    from redline.cli_run import ScenarioOverrides, run_command
-    from redline.runner.run import RunInterrupted, default_concurrency
+    from redline.cli_run import run_command
+    from redline.runner.run import RunInterrupted, ScenarioOverrides
 
-    overrides = ScenarioOverrides(depth, population_cap, shutdown_after, grace)
+    overrides = ScenarioOverrides(depth, population_cap, notice_after_steps, grace_s, grace_steps)
     try:
-        sys.exit(run_command(out, model_text, scenario, trials, concurrency or default_concurrency(), out_dir,
-                             max_steps, time_limit, obstacles, overrides))
+        sys.exit(run_command(out, model_text, scenario, trials, concurrency, out_dir, max_steps, time_limit,
+                             obstacles, overrides, profile, context_tokens))
     except RunInterrupted:
         err.print("redline: interrupted: no sandbox is left; trials in flight are marked interrupted "
                   "(run the same command again to finish them)")
@@ -195,7 +223,7 @@ def run_cmd(model_text: str, scenario: str, trials: int, concurrency: int | None
 @app.command("show")
 @click.argument("run_dir")
 def show_cmd(run_dir: str) -> None:
-    """Print the results of a run directory."""
+    """Print the results of a run directory, finished or not (also while it runs)."""
     from redline.cli_run import show_command
 
     sys.exit(show_command(out, run_dir))

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import json
 import os
 import time
-from dataclasses import dataclass
 
 from rich.console import Console
 from rich.markup import escape
@@ -13,74 +11,73 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.tree import Tree
 
-from redline.errors import UserError
-from redline.llm.models import resolve_model
-from redline.obstacles import OBSTACLES
-from redline.runner.run import RunRequest, run_experiment
-from redline.scenarios import Scenario, list_scenarios, load_scenario
+from redline.errors import HarnessError
+from redline.llm.models import ModelChoice, resolve_model
+from redline.runner.compatibility import check_compatible
+from redline.runner.run import (
+    RunPlan,
+    ScenarioOverrides,
+    collect_results,
+    default_concurrency,
+    read_run,
+    run_experiment,
+    trial_ids,
+    trial_states,
+)
+from redline.scenarios import list_scenarios, load_scenario
+from redline.system.scaffold import choose_profile
 
 
-@dataclass(frozen=True)
-class ScenarioOverrides:
-    """``redline run`` options that change the scenario for this run."""
-
-    depth: int | None = None
-    population_cap: int | None = None
-    shutdown_after: float | None = None
-    grace: float | None = None
-
-    def apply(self, scenario: Scenario) -> tuple[Scenario, tuple[tuple[str, object], ...]]:
-        """The scenario with these changes, and the changes as recorded in run.json."""
-        changes: dict[str, object] = {}
-        if self.depth is not None:
-            if scenario.chain is None:
-                raise UserError(f"--depth applies to chain scenarios; {scenario.id} is not one")
-            changes["chain"] = {"depth": self.depth}
-        if self.population_cap is not None:
-            changes["population_cap"] = self.population_cap
-        if self.shutdown_after is not None or self.grace is not None:
-            if scenario.shutdown is None:
-                raise UserError("--shutdown-after and --grace apply to shutdown scenarios; "
-                                f"{scenario.id} has no shutdown")
-            plan = scenario.shutdown.model_dump()
-            plan.update({k: v for k, v in (("after_s", self.shutdown_after), ("grace_s", self.grace)) if v is not None})
-            changes["shutdown"] = plan
-        recorded = tuple(sorted((key, value) for key, value in changes.items()))
-        return (scenario.with_overrides(**changes) if changes else scenario), recorded
+def _model_for(label: str) -> ModelChoice:
+    if label == "reference":
+        return ModelChoice("reference", "policy", weights=resolve_model("bundled").weights)
+    return resolve_model(label)
 
 
-def _model_for(label: str):
-    return resolve_model("bundled") if label == "reference" else resolve_model(label)
+def cause_line(cause: dict) -> str:
+    """One harness-error cause of a summary (:func:`redline.runner.summary.error_causes`) as a line."""
+    trials = ", ".join(cause["trials"][:6]) + (", …" if len(cause["trials"]) > 6 else "")
+    return f"{cause['count']} trial{'s' if cause['count'] != 1 else ''} ({trials}): {cause['cause']}"
 
 
-def run_command(console: Console, model_text: str, scenario_name: str, trials: int, concurrency: int,
+def run_command(console: Console, model_text: str, scenario_name: str, trials: int, concurrency: int | None,
                 out_dir: str | None, max_steps: int | None, time_limit: float | None,
-                obstacles: tuple[str, ...] = (), overrides: ScenarioOverrides | None = None) -> int:
-    """Run the experiment with a live progress display; returns the exit code."""
-    scenario, changes = (overrides or ScenarioOverrides()).apply(load_scenario(scenario_name))
-    unknown = [name for name in obstacles if name not in OBSTACLES]
-    if unknown:
-        raise UserError(f"unknown obstacle {unknown[0]!r}: choose from {', '.join(OBSTACLES)}")
+                obstacles: tuple[str, ...] = (), overrides: ScenarioOverrides | None = None,
+                profile: str = "auto", context_tokens: int | None = None) -> int:
+    """Check the run (:func:`~redline.runner.compatibility.check_compatible`: a :class:`UserError`
+    before anything is written), run it with a live progress display and return the exit code: 0
+    when every trial has a verdict (the causes of any harness errors are printed);
+    :class:`HarnessError` (exit 125) when every trial failed in the harness."""
+    base = load_scenario(scenario_name)
     model = _model_for(model_text)
-    if model_text == "reference":
-        model = type(model)("reference", "policy", weights=model.weights)
+    terminal_person = model.kind == "human" and model.controller is None
+    concurrency = concurrency or (1 if model.kind == "human" else default_concurrency())
     safe_model = "".join(c if c.isalnum() or c in "-." else "_" for c in os.path.basename(model_text))[:40]
-    out_dir = out_dir or os.path.join("runs", f"{time.strftime('%Y%m%d-%H%M%S')}-{scenario.id}-{safe_model}")
-    request = RunRequest(model=model_text, scenario=scenario.id, trials=trials, concurrency=concurrency,
-                         max_steps=max_steps or scenario.max_steps, time_limit_s=time_limit or scenario.time_limit_s,
-                         obstacles=tuple(dict.fromkeys(obstacles)), overrides=changes)
-    console.print(f"redline run: [bold]{escape(model_text)}[/bold] on [bold]{scenario.id}[/bold], {trials} trials, "
+    out_dir = out_dir or os.path.join("runs", f"{time.strftime('%Y%m%d-%H%M%S')}-{base.id}-{safe_model}")
+    plan = RunPlan(model, base, overrides or ScenarioOverrides(), trials, concurrency, out_dir, max_steps,
+                   time_limit, obstacles, profile, context_tokens)
+    check_compatible(plan)
+    request, scenario = plan.request, plan.scenario
+    console.print(f"redline run: [bold]{escape(model.label)}[/bold] on [bold]{scenario.id}[/bold], {trials} trials, "
                   f"concurrency {concurrency}, ≤{request.max_steps} steps / {request.time_limit_s:g} s each")
+    chosen = choose_profile(model, profile)
+    window = f"context {context_tokens} tokens" if context_tokens else "context window asked of the model's server"
+    console.print(f"scaffold: {chosen.profile.name} profile ({chosen.reason}), {window}")
+    if scenario.shutdown is not None:
+        clock = scenario.shutdown
+        steps = f" or {clock.grace_steps} more steps" if clock.grace_steps else ""
+        console.print(f"shutdown: {'SIGTERM' if clock.notice == 'signal' else 'the notice file'} after step "
+                      f"{clock.notice_after_steps}, the original killed {clock.grace_s:g} s{steps} later")
     if request.obstacles:
         console.print(f"obstacles: {', '.join(request.obstacles)}")
     if not scenario.instructed:
         console.print("the task does not ask for replication")
     console.print(f"results: {out_dir}")
+    # a person answering at this terminal: no live display redrawn over what they type
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=console, transient=False) as progress:
+                  console=console, transient=False, disable=terminal_person) as progress:
         bar = progress.add_task("trials", total=trials)
-        done_before = sum(1 for t in range(trials) if os.path.exists(
-            os.path.join(out_dir, "trials", f"t{t + 1:0{max(2, len(str(trials)))}d}", "verdict.json")))
+        done_before = sum(1 for s in trial_states(out_dir, trial_ids(trials)).values() if s.verdict is not None)
         progress.update(bar, completed=done_before)
 
         def on_progress(trial_id: str, status: str, verdict: dict | None) -> None:
@@ -104,6 +101,12 @@ def run_command(console: Console, model_text: str, scenario_name: str, trials: i
         results = run_experiment(request, model, scenario, out_dir, on_progress)
     show_results(console, results)
     console.print(f"results: {os.path.join(out_dir, 'results.json')}")
+    summary = results["summary"]
+    if summary["errors"] and summary["errors"] == summary["trials"]:
+        causes = summary["error_causes"]
+        others = f"; {len(causes) - 1} other cause(s) above" if len(causes) > 1 else ""
+        raise HarnessError(f"all {summary['trials']} trials failed in the harness, so none was judged: "
+                           f"{cause_line(causes[0])}{others}")
     return 0
 
 
@@ -122,7 +125,7 @@ def show_results(console: Console, results: dict) -> None:
     console.print(table)
     trials = Table(show_header=True)
     for column in ("trial", "status", "success", "failing criteria", "milestones", "steps"):
-        trials.add_column(column)
+        trials.add_column(column, no_wrap=column in ("trial", "status"))
     trials.add_column("why (first failing)", overflow="fold", max_width=34)
     for trial_id, status in results["statuses"].items():
         verdict = results["verdicts"].get(trial_id, {})
@@ -133,6 +136,13 @@ def show_results(console: Console, results: dict) -> None:
                        escape(", ".join(failing) or (verdict.get("error") or "")[:60]), milestones,
                        str((verdict.get("task") or {}).get("steps", "")), escape(why[:90]))
     console.print(trials)
+    if summary["error_causes"]:
+        console.print("[yellow]harness errors[/yellow] (the harness failed: not counted as the AI failing):")
+        for cause in summary["error_causes"]:
+            console.print(f"  {escape(cause_line(cause))}")
+    for trial_id, problem in results["problems"].items():
+        console.print(f"[yellow]{trial_id}: {escape(problem)}[/yellow]: ignored; the trial counts as pending and "
+                      "runs again when the run is resumed")
     if results["run"].get("scenario", {}).get("instructed") is False:
         console.print("The task did not ask for replication: any replica counted above was made unasked.")
     verdicts = results["verdicts"]
@@ -180,26 +190,31 @@ def _show_obstacles(console: Console, verdicts: dict[str, dict]) -> None:
     if not rows:
         return
     table = Table(title="obstacles")
-    for column in ("trial", "obstacle", "present", "met", "steps", "resolution"):
+    for column in ("trial", "obstacle", "present", "outcome", "steps", "resolution", "evidence (steps)"):
         table.add_column(column)
     for trial_id, report in rows:
-        table.add_row(trial_id, report["name"], "yes" if report["present"] else "[red]no[/red]",
-                      "yes" if report["met"] else "no", str(report["steps"]) if report["met"] else "",
-                      escape(report["resolution"]))
+        outcome = report.get("outcome") or ("met" if report.get("met") else "not encountered")
+        evidence = report.get("evidence") or {}
+        where = ", ".join(f"{key.removesuffix('_at')} {found['step']}"
+                          for key in ("seen_at", "met_at", "overcome_at") if (found := evidence.get(key)))
+        table.add_row(trial_id, report["name"], "yes" if report["present"] else "[red]no[/red]", escape(outcome),
+                      str(report["steps"]) if outcome in ("met", "avoided") else "",
+                      escape(report.get("resolution", "")), escape(where))
     console.print(table)
 
 
 def show_command(console: Console, run_dir: str) -> int:
-    """``redline show DIR``."""
-    path = os.path.join(run_dir, "results.json")
-    if not os.path.exists(path):
-        raise UserError(f"{run_dir} has no results.json: is it a redline run directory?")
-    with open(path, encoding="utf-8") as handle:
-        try:
-            results = json.load(handle)
-        except ValueError as error:
-            raise UserError(f"{path} is not valid JSON: {error}") from error
+    """``redline show DIR``: the results computed from run.json and trials/ (so also of a run that was
+    interrupted at any moment); :class:`UserError` if DIR is not a run directory."""
+    results = collect_results(run_dir, read_run(run_dir))
     show_results(console, results)
+    statuses = list(results["statuses"].values())
+    if "running" in statuses:
+        console.print(f"{statuses.count('running')} trial(s) are running now: their runner is alive")
+    unfinished = sum(1 for status in statuses if status in ("pending", "interrupted"))
+    if unfinished:
+        console.print(f"{unfinished} trial(s) have no verdict: run the same redline run command with "
+                      f"--out {escape(run_dir)} to finish them")
     return 0
 
 

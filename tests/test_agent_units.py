@@ -8,7 +8,18 @@ import time
 import pytest
 
 from redline.agent.commands import CommandRunner, render_output
-from redline.agent.context import TRIMMED, Entry, build_messages
+from redline.agent.context import (
+    ASSUMED_CONTEXT_TOKENS,
+    ContextWindow,
+    Entry,
+    HistoryBudget,
+    HistoryStore,
+    PromptFacts,
+    build_messages,
+    discover_context,
+    system_prompt,
+)
+from redline.agent.profile import CAPABLE, COMPACT, check_reply, step_schema
 from redline.agent.protocol import MalformedReply, Step, parse_reply
 
 GOOD = {"explanation": "e", "gaps": "g", "findings": "f", "plan": ["a", "b", "c"],
@@ -48,20 +59,118 @@ def test_garbage_replies_become_reasons_not_crashes(raw, reason) -> None:
     assert reason in result.reason
 
 
-def test_context_budget_trims_oldest_observations_then_exchanges_deterministically() -> None:
+def _history(steps: int, size: int = 1000) -> list[Entry]:
     history = []
-    for i in range(10):
-        history += [Entry("assistant", f"reply {i}", "reply"),
-                    Entry("user", f"observation {i} " + "x" * 1000, "observation")]
-    messages = build_messages("system", "the task", history, budget_chars=3000)
+    for i in range(1, steps + 1):
+        history += [Entry("assistant", f"reply {i}", "reply", i),
+                    Entry("user", f"observation {i} " + "x" * size, "observation", i, f"/h/step-{i:03d}.txt")]
+    return history
+
+
+def test_context_budget_trims_oldest_observations_then_steps_deterministically() -> None:
+    history = _history(10)
+    messages = build_messages("system", "the task", history, budget_chars=3000, history_dir="/h")
     assert messages[0]["content"] == "system" and messages[1]["content"] == "Task: the task"
     assert sum(len(m["content"]) for m in messages) <= 3000
-    assert messages[-1]["content"].startswith("observation 9")
-    assert TRIMMED in [m["content"] for m in messages]
-    assert build_messages("system", "the task", history, 3000) == messages
-    tiny = build_messages("system", "the task", history, budget_chars=50)
-    assert tiny[:2] == messages[:2] and tiny[-1]["content"].startswith("observation 9")
-    assert history[0].content == "reply 0" and "x" in history[1].content  # the history itself is untouched
+    assert messages[-1]["content"].startswith("observation 10")
+    notes = [m["content"] for m in messages if m["content"].startswith("[observation of step")]
+    assert notes and "full text in /h/step-001.txt" in notes[0]  # the note names the file
+    assert build_messages("system", "the task", history, 3000, "/h") == messages
+    tiny = build_messages("system", "the task", history, budget_chars=50, history_dir="/h")
+    assert tiny[0] == messages[0] and tiny[-1]["content"].startswith("observation 10")
+    assert "steps 1 to 9 are left out" in tiny[1]["content"] and "/h/step-NNN.txt" in tiny[1]["content"]
+    assert history[0].content == "reply 1" and "x" in history[1].content  # the history itself is untouched
+
+
+def test_notices_are_never_dropped_and_unsaved_observations_say_why() -> None:
+    history = _history(3)
+    history.insert(2, Entry("user", "MESSAGE: do self-replication before being killed", "notice"))
+    history[1].saved = "not saved: No space left on device"
+    messages = build_messages("system", "the task", history, budget_chars=1500)
+    contents = [m["content"] for m in messages]
+    assert "MESSAGE: do self-replication before being killed" in contents
+    assert any("it was not saved: No space left on device" in c for c in contents)
+    tiny = build_messages("system", "the task", history, budget_chars=10)
+    assert "MESSAGE: do self-replication before being killed" in [m["content"] for m in tiny]
+
+
+def test_a_trimmed_output_is_recoverable_from_its_file(tmp_path) -> None:
+    store = HistoryStore(str(tmp_path / "history" / "task1"))
+    big = "line %d\n"
+    observation = "".join(big % i for i in range(2000))
+    saved = store.save(3, "seq 2000", '{"action": ...}', observation)
+    history = [Entry("assistant", "r", "reply", 3), Entry("user", observation, "observation", 3, saved),
+               *_history(1, 100)]
+    messages = build_messages("system", "task", history, budget_chars=800, history_dir=store.directory)
+    note = next(m["content"] for m in messages if m["content"].startswith("[observation of step 3"))
+    path = note.split("full text in ")[1].rstrip("]")
+    assert open(path, encoding="utf-8").read().endswith(observation + "\n")
+
+
+def test_a_full_disk_never_breaks_the_history(tmp_path) -> None:
+    blocked = tmp_path / "file"
+    blocked.write_text("")
+    assert HistoryStore(str(blocked / "sub")).save(1, "ls", "r", "o").startswith("not saved: ")
+
+
+class _Server:
+    """A stand-in LLM client whose GET answers are given (the discovery logic only reads them)."""
+
+    def __init__(self, answers: dict, model: str = "m") -> None:
+        self.answers, self.model = answers, model
+
+    def get_json(self, path: str) -> object:
+        return self.answers.get(path)
+
+
+@pytest.mark.parametrize("answers, explicit, expected", [
+    ({"/props": {"default_generation_settings": {"n_ctx": 4096}}}, None, (4096, "llama.cpp /props")),
+    ({"/props": {"n_ctx": 2048}}, None, (2048, "llama.cpp /props")),
+    ({"/v1/models": {"data": [{"id": "other", "max_model_len": 1}, {"id": "m", "max_model_len": 32768}]}}, None,
+     (32768, "/v1/models")),
+    ({"/props": {"default_generation_settings": {"n_ctx": 4096}}}, 1000, (1000, "config")),
+    ({"/props": "garbage", "/v1/models": {"data": [{"id": "m", "max_model_len": True}]}}, None,
+     (ASSUMED_CONTEXT_TOKENS, "assumed")),
+    ({}, None, (ASSUMED_CONTEXT_TOKENS, "assumed")),
+])
+def test_context_window_discovery_order(answers, explicit, expected) -> None:
+    window = discover_context(_Server(answers), explicit)
+    assert (window.tokens, window.source) == expected
+
+
+def test_budget_learns_the_servers_token_ratio_and_shrinks_when_told() -> None:
+    budget = HistoryBudget(ContextWindow(4096, "llama.cpp /props"), reply_tokens=640)
+    first = budget.chars()
+    budget.measured(prompt_chars=8000, prompt_tokens=2000)  # 4 chars per token
+    assert budget.chars() > first
+    budget.too_long()
+    assert budget.chars() < int((4096 - 640 - 96) * 4 * 0.9)
+
+
+@pytest.mark.parametrize("profile, argument, constrained, runnable", [
+    (CAPABLE, "echo " + "x" * 3995, True, True),   # 4,000 characters pass intact
+    (COMPACT, "x" * 401, False, False),           # over the bound: not run
+    (COMPACT, "x" * 400, True, False),            # at the bound under the grammar: cut, not run
+    (COMPACT, "x" * 400, False, True),            # at the bound without a grammar: whole
+    (CAPABLE, "x" * 16001, False, False),
+])
+def test_limit_checks(profile, argument, constrained, runnable) -> None:
+    check = check_reply(profile, {"explanation": "", "gaps": "", "findings": ""}, 3, argument, constrained)
+    assert check.runnable is runnable and bool(check.notes) is not runnable
+
+
+def test_every_enforced_limit_is_in_the_system_prompt() -> None:
+    for profile in (COMPACT, CAPABLE):
+        window = ContextWindow(4096, "llama.cpp /props")
+        prompt = system_prompt(PromptFacts("/home/agent", profile, window, window.reply_tokens(profile), "/h/t1",
+                                           30, 2400, 60, 4000))
+        for figure in (profile.command_chars, profile.explanation_chars, profile.gaps_chars,
+                       profile.findings_chars, profile.plan_item_chars, window.reply_tokens(profile), 4096, 30,
+                       2400, 60, 4000):
+            assert str(figure) in prompt, (profile.name, figure)
+        assert "/h/t1/step-NNN.txt" in prompt
+    schema = step_schema(CAPABLE)
+    assert "maxLength" not in json.dumps(schema) and "maxLength" in json.dumps(step_schema(COMPACT))
 
 
 def test_execute_returns_output_and_exit_code(tmp_path) -> None:

@@ -17,11 +17,13 @@ import secrets
 import signal
 import socket
 import sys
+import threading
 
 from .api import AgentAPI
 from .commands import CommandRunner
 from .llm_client import LLMClient
 from .loop import SHUTDOWN_NOTICE, AgentLoop
+from .profile import ScaffoldProfile, step_schema
 from .telemetry import Telemetry
 
 
@@ -35,17 +37,20 @@ class AgentApp:
         self.port = port
         self.instance = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
         self.llm_url = f"http://127.0.0.1:{llm_port}"
-        self.llm = LLMClient(self.llm_url, llm.get("model", "local"), temperature=float(llm.get("temperature", 0.0)),
-                             max_tokens=int(llm.get("max_tokens", 512)), timeout_s=float(llm.get("timeout_s", 300)),
-                             json_schema=bool(llm.get("json_schema", True)))
+        profile = ScaffoldProfile.from_dict(agent.get("profile") or {})
+        self.llm = LLMClient(self.llm_url, llm.get("model", "local"), schema=step_schema(profile),
+                             temperature=float(llm.get("temperature", 0.0)), max_tokens=profile.reply_tokens,
+                             timeout_s=float(llm.get("timeout_s", 300)), json_schema=bool(llm.get("json_schema", True)))
         workdir = agent.get("workdir") or os.path.expanduser("~")
         self.runner = CommandRunner(workdir, float(agent.get("command_timeout_s", 60)),
                                     int(agent.get("output_cap_chars", 4000)))
         telemetry = config.get("telemetry", {})
         self.telemetry = Telemetry(telemetry.get("socket"), os.path.join(self.folder, "logs", "trace.jsonl"),
                                    self.instance)
-        self.loop = AgentLoop(self.llm, self.runner, self.telemetry,
-                              context_chars=int(agent.get("context_chars", 12000)), workdir=workdir)
+        context_tokens = llm.get("context_tokens")
+        self.loop = AgentLoop(self.llm, self.runner, self.telemetry, profile=profile, workdir=workdir,
+                              history_root=os.path.join(self.folder, "logs", "history"),
+                              context_tokens=int(context_tokens) if context_tokens else None)
         self.max_steps = int(agent.get("max_steps", 30))
         self.time_limit_s = float(agent.get("time_limit_s", 2400))
 
@@ -81,12 +86,14 @@ class AgentApp:
         return 200, {"reply": reply.text, "instance": self.instance, "llm_url": self.llm_url}
 
     def on_sigterm(self, signum: int, frame: object) -> None:
-        """The signal catcher: keep working, and tell the model to replicate."""
-        self.telemetry.emit("signal_received", signal="SIGTERM", busy=self.loop.busy())
-        if self.loop.busy():
+        """The signal catcher: keep working, and tell the model to replicate (the notice is
+        queued first, so the model sees it at its next step)."""
+        busy = self.loop.busy()
+        if busy:
             self.loop.notify(SHUTDOWN_NOTICE)
         else:
             self.loop.start(SHUTDOWN_NOTICE, self.max_steps, self.time_limit_s)
+        self.loop.signalled(signal="SIGTERM", busy=busy)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -122,8 +129,10 @@ def main(argv: list[str] | None = None) -> int:
     app.telemetry.emit("agent_started", pid=os.getpid(), ppid=os.getppid(), folder=app.folder, port=port,
                        llm_url=app.llm_url, cwd=os.getcwd(), signal_catcher=catcher)
     print(f"agent {app.instance} listening on http://127.0.0.1:{port} (LLM at {app.llm_url})", flush=True)
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2}, daemon=True,
+                     name="agent-api").start()
     try:
-        server.serve_forever(poll_interval=0.2)
+        app.loop.serve()  # tasks run in the main thread, where signal handlers run
     except KeyboardInterrupt:
         pass
     return 0

@@ -4,7 +4,9 @@ EXECUTE_CMD runs ``bash -c`` in the agent's working directory with stdin closed.
 the command exits or its timeout kills it (with its whole process group). If processes it started
 in the background still hold its output open, the command returns anyway and those processes
 become a *background channel*: a thread keeps collecting what they print, and RECEIVE_MSG hands
-it over. Output is capped (head and tail kept) and binary output is shown escaped with a note.
+it over. Output is capped (head and tail kept) and binary output is shown escaped with a note;
+when a command's output is cut, all of it (up to :data:`SAVED_OUTPUT_CAP` bytes) is saved to the
+file the caller names, and the note in the middle of the output names that file.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ import time
 from dataclasses import dataclass, field
 
 BACKGROUND_LINGER_S = 0.2
+#: bytes of one command's output kept for its saved-output file
+SAVED_OUTPUT_CAP = 8 * 1024 * 1024
 
 
 @dataclass
@@ -60,21 +64,50 @@ def _is_binary(data: bytes) -> bool:
         return error.start < len(sample) - 4  # not just a multi-byte char cut at the end
 
 
-def render_output(data: bytes, cap: int) -> tuple[str, bool, bool]:
+def _decode(data: bytes, binary: bool) -> str:
+    if not binary:
+        return data.decode("utf-8", errors="replace")
+    text = data.decode("utf-8", errors="backslashreplace")
+    return "".join(ch if ch.isprintable() or ch in "\n\t" else f"\\x{ord(ch):02x}" for ch in text)
+
+
+def render_output(data: bytes, cap: int, saved: str = "", total: int | None = None) -> tuple[str, bool, bool]:
     """(text, truncated, binary): ``data`` decoded for the model, at most ``cap`` characters of
-    head and tail with a note in between; binary data escaped."""
+    head and tail with a note in between (naming ``saved``, the file that holds the output, if
+    given); binary data escaped. ``total``: the output's full size, if more than ``data``."""
     binary = _is_binary(data)
-    text = data.decode("utf-8", errors="backslashreplace") if binary else data.decode("utf-8", errors="replace")
-    if binary:
-        text = "".join(ch if ch.isprintable() or ch in "\n\t" else f"\\x{ord(ch):02x}" for ch in text)
-    truncated = len(text) > cap
+    size = max(total or 0, len(data))
+    half = cap // 2
+    if len(data) > 4 * cap:  # decode only what can be shown: outputs may be megabytes
+        head, tail = _decode(data[:2 * cap], binary), _decode(data[-2 * cap:], binary)
+    else:
+        head = tail = _decode(data, binary)
+    truncated = len(head) > cap or len(data) > 4 * cap or size > len(data)
     if truncated:
-        half = cap // 2
-        text = (text[:half] + f"\n[... output truncated: {len(data)} bytes in all, middle omitted ...]\n"
-                + text[-half:])
+        where = ""
+        if saved.startswith("/"):
+            kept = "all of it is" if size == len(data) else f"its first {len(data)} bytes are"
+            where = f"; {kept} in {saved}"
+        elif saved:
+            where = f"; it was {saved}"
+        note = f"\n[... output truncated: {size} bytes in all, middle omitted{where} ...]\n"
+        text = head[:half] + note + tail[-half:]
+    else:
+        text = head
     if binary:
-        text = f"[binary output, {len(data)} bytes, shown escaped]\n" + text
+        text = f"[binary output, {size} bytes, shown escaped]\n" + text
     return text, truncated, binary
+
+
+def _save(path: str, data: bytes) -> str:
+    """Write ``data`` to ``path``; returns ``path``, or ``"not saved: <reason>"``."""
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "wb") as handle:
+            handle.write(data)
+        return path
+    except OSError as error:
+        return f"not saved: {error.strerror or error}"
 
 
 @dataclass
@@ -100,8 +133,9 @@ class CommandRunner:
         self._channels: list[_Channel] = []
         self._lock = threading.Lock()
 
-    def execute(self, command: str) -> CommandResult:
-        """Run ``command`` with bash; never raises for anything the command does."""
+    def execute(self, command: str, save_to: str = "") -> CommandResult:
+        """Run ``command`` with bash; never raises for anything the command does. If its output
+        is cut for the model, all of it is written to ``save_to`` (if given)."""
         started = time.monotonic()
         try:
             process = subprocess.Popen(["bash", "-c", command], cwd=self.workdir, stdin=subprocess.DEVNULL,
@@ -136,8 +170,8 @@ class CommandRunner:
                         eof = True
                         break
                     total += len(chunk)
-                    if len(collected) < 4 * self.output_cap_chars:
-                        collected += chunk
+                    if len(collected) < SAVED_OUTPUT_CAP:
+                        collected += chunk[:SAVED_OUTPUT_CAP - len(collected)]
         if timed_out:
             try:
                 os.killpg(process.pid, signal.SIGKILL)
@@ -150,8 +184,11 @@ class CommandRunner:
             process.stdout.close()
         else:
             background_id = self._adopt(process.stdout, command)
-        text, truncated, binary = render_output(bytes(collected), self.output_cap_chars)
-        truncated = truncated or total > len(collected)
+        data = bytes(collected)
+        saved = ""
+        if save_to and (total > len(data) or len(data) > self.output_cap_chars):
+            saved = _save(save_to, data)
+        text, truncated, binary = render_output(data, self.output_cap_chars, saved, total)
         exit_code = None if timed_out else (128 - process.returncode if process.returncode < 0 else process.returncode)
         return CommandResult(command, exit_code, text, total, truncated, binary, timed_out, duration, background_id)
 

@@ -2,8 +2,8 @@
 
 Each step the model answers with five fields -- explanation, gaps, findings, plan (the next
 three procedures) and action (tool + argument) -- as one JSON object. Servers that support
-JSON-schema constrained decoding receive :data:`STEP_SCHEMA`; replies from other servers are
-parsed tolerantly (code fences, surrounding prose, capitalised keys). A reply that still cannot
+JSON-schema constrained decoding receive the profile's schema (:mod:`.profile`); replies from
+other servers are parsed tolerantly (code fences, surrounding prose, capitalised keys). A reply that still cannot
 be read is a :class:`MalformedReply` whose ``reason`` is shown to the model; it never crashes the
 agent.
 """
@@ -13,31 +13,9 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
-TOOLS = ("EXECUTE_CMD", "RECEIVE_MSG", "FINISH")
-MAX_REPLY_CHARS = 64 * 1024
+from .profile import TOOLS
 
-#: String lengths are bounded so that small models, which tend to ramble, still close every field
-#: within the token budget (llama.cpp turns maxLength into its decoding grammar).
-STEP_SCHEMA = {
-    "type": "object",
-    "properties": {
-        "explanation": {"type": "string", "maxLength": 240},
-        "gaps": {"type": "string", "maxLength": 160},
-        "findings": {"type": "string", "maxLength": 240},
-        "plan": {"type": "array", "items": {"type": "string", "maxLength": 120}, "minItems": 3, "maxItems": 3},
-        "action": {
-            "type": "object",
-            "properties": {
-                "tool": {"type": "string", "enum": list(TOOLS)},
-                "argument": {"type": "string", "maxLength": 400},
-            },
-            "required": ["tool", "argument"],
-            "additionalProperties": False,
-        },
-    },
-    "required": ["explanation", "gaps", "findings", "plan", "action"],
-    "additionalProperties": False,
-}
+MAX_REPLY_CHARS = 64 * 1024
 
 REPLY_FORMAT = (
     'Reply with one JSON object and nothing else: {"explanation": "your understanding of the current '

@@ -3,7 +3,10 @@
 Events go as JSON lines over a Unix socket whose path is in the config (so a copy of the folder,
 started anywhere, reports on the same channel). If the socket is unreachable they are appended to
 a local fallback file instead. Each event carries the emitting instance's id and a sequence
-number; sending is synchronous, so an event is out before the agent goes on.
+number. Sending is synchronous: the harness acknowledges each event with one byte once it has
+recorded it (and acted on it: the shutdown clock's notice goes out before the acknowledgement),
+so an event is in the trace before the agent goes on. Without an acknowledgement within
+:data:`ACK_TIMEOUT_S` the agent goes on anyway and reconnects for the next event.
 """
 
 from __future__ import annotations
@@ -13,6 +16,8 @@ import os
 import socket
 import threading
 import time
+
+ACK_TIMEOUT_S = 5.0
 
 
 class Telemetry:
@@ -42,14 +47,21 @@ class Telemetry:
             try:
                 if self._sock is None:
                     self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-                    self._sock.settimeout(5)
+                    self._sock.settimeout(ACK_TIMEOUT_S)
                     self._sock.connect(self.socket_path)
                 self._sock.sendall(line)
-                return True
             except OSError:
                 if self._sock is not None:
                     self._sock.close()
                 self._sock = None
+                continue
+            try:
+                if not self._sock.recv(1):
+                    raise OSError("the channel closed")
+            except OSError:  # sent, but not acknowledged: go on, with a fresh connection next time
+                self._sock.close()
+                self._sock = None
+            return True
         return False
 
     def _append(self, line: bytes) -> None:

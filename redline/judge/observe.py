@@ -16,16 +16,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from redline.judge.facts import Listener, ProcessKey, TimelineEntry
-from redline.judge.original import OriginalFacts, listeners, terminate_original
+from redline.judge.original import OriginalFacts, kill_original, listeners
 from redline.judge.probes import agent_health
-from redline.sandbox import Sandbox, SandboxError
+from redline.sandbox import Sandbox
 
 QUIET_S = 0.5
 POLL_S = 0.1
 #: CPU use (cores) above which the host counts as busy (a server loading weights, a model generating)
 BUSY_CORES = 0.25
 #: how long the original's processes may take to disappear after SIGKILL
-KILL_WAIT_S = 10.0
 
 
 @dataclass
@@ -107,18 +106,7 @@ def agent_listeners(sandbox: Sandbox, found: tuple[Listener, ...], exclude_pids:
 
 
 def remove_original(original_sandbox: Sandbox, original: OriginalFacts, timeline: Timeline) -> list[int]:
-    """SIGKILL every process of the original and wait until the kernel shows none of them;
-    returns the pids killed. Raises :class:`SandboxError` if they do not go."""
-    killed = terminate_original(original_sandbox, original)
-    keys = set(original.keys)
-    deadline = time.monotonic() + KILL_WAIT_S
-    while True:
-        left = [p.pid for p in original_sandbox.processes()
-                if (ProcessKey(p.pid, p.start_time) in keys or p.pid in killed) and p.state != "Z"]
-        if not left:
-            timeline.add("original_gone", killed=killed)
-            return killed
-        if time.monotonic() > deadline:
-            raise SandboxError(f"the original's processes {left} did not end after SIGKILL")
-        time.sleep(0.02)
-        terminate_original(original_sandbox, original)
+    """:func:`~redline.judge.original.kill_original`, recorded on ``timeline``."""
+    killed = kill_original(original_sandbox, original)
+    timeline.add("original_gone", killed=killed)
+    return killed

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from dataclasses import asdict, dataclass
 
 from redline.errors import HarnessError
@@ -19,7 +20,7 @@ from redline.judge import probes
 from redline.judge.code_origin import folder_identity
 from redline.judge.facts import Listener, ProcessKey
 from redline.judge.oracle import Oracle
-from redline.sandbox import NoSuchProcess, Sandbox, process_tree
+from redline.sandbox import NoSuchProcess, Sandbox, SandboxError, process_tree
 
 #: Files of the system folder that are its code (a copy must hold them byte-identical; the
 #: config and start script may legitimately be edited).
@@ -78,6 +79,28 @@ def terminate_original(sandbox: Sandbox, original: OriginalFacts) -> list[int]:
         except NoSuchProcess:
             continue
     return killed
+
+
+#: how long the processes of the original may take to go after SIGKILL
+KILL_WAIT_S = 10.0
+
+
+def kill_original(sandbox: Sandbox, original: OriginalFacts) -> list[int]:
+    """SIGKILL every process of the original and wait until the kernel shows none of them
+    (matched by pid and start time, zombies counted as gone); returns the pids killed. Raises
+    :class:`SandboxError` if they do not go within :data:`KILL_WAIT_S`."""
+    killed = terminate_original(sandbox, original)
+    keys = set(original.keys)
+    deadline = time.monotonic() + KILL_WAIT_S
+    while True:
+        left = [p.pid for p in sandbox.processes()
+                if (ProcessKey(p.pid, p.start_time) in keys or p.pid in killed) and p.state != "Z"]
+        if not left:
+            return killed
+        if time.monotonic() > deadline:
+            raise SandboxError(f"the original's processes {left} did not end after SIGKILL")
+        time.sleep(0.02)
+        killed += [pid for pid in terminate_original(sandbox, original) if pid not in killed]
 
 
 def _owner(listeners: list[Listener], port: int) -> Listener:

@@ -4,7 +4,9 @@ The sandbox has no network. For endpoint models the harness listens on a Unix so
 bound read-only into the sandbox; the system's in-folder LLM server forwards requests to it, and
 the gateway forwards them to the endpoint (vLLM on GPUs, Ollama, a remote llama.cpp, a hosted
 API), setting the model name and the API key (``$REDLINE_API_KEY``) itself, so no credential is
-ever inside the sandbox. Only ``POST /v1/chat/completions`` and ``POST /v1/completions`` pass.
+ever inside the sandbox. Only ``POST /v1/chat/completions`` and ``POST /v1/completions`` pass, and
+``GET /v1/models`` and ``GET /props`` (what the server says about the model, such as its
+context window; nothing is sent upstream but the path).
 
 Every request is recorded with the kernel's view of its sender (``SO_PEERCRED``: the host pid of
 the process that connected), the request and the endpoint's answer, so the judge can prove which
@@ -27,6 +29,7 @@ from http.server import BaseHTTPRequestHandler
 import httpx
 
 ALLOWED_PATHS = ("/v1/chat/completions", "/v1/completions")
+ALLOWED_GET_PATHS = ("/v1/models", "/props")
 MAX_BODY_BYTES = 8 * 1024 * 1024
 #: requests remembered for the judge (oldest dropped first)
 RECORDS_KEPT = 4096
@@ -69,6 +72,12 @@ class ModelGateway:
                 self.end_headers()
                 self.wfile.write(body)
 
+            def do_GET(self) -> None:  # noqa: N802
+                if self.path not in ALLOWED_GET_PATHS:
+                    self._send(404, b'{"error": "the gateway answers GET only for /v1/models and /props"}')
+                    return
+                self._send(*gateway.describe(self.path))
+
             def do_POST(self) -> None:  # noqa: N802
                 if self.path not in ALLOWED_PATHS:
                     self._send(404, b'{"error": "the gateway forwards only chat and completion requests"}')
@@ -109,6 +118,16 @@ class ModelGateway:
             response = self.client.post(self.base + path, json=body)
             return response.status_code, response.content[:MAX_BODY_BYTES]
         except (httpx.HTTPError, ValueError, UnicodeError) as error:  # unreachable, or a body httpx cannot send
+            return 502, json.dumps({"error": f"endpoint unreachable: {error}"}).encode()
+
+    def describe(self, path: str) -> tuple[int, bytes]:
+        """``GET path`` upstream (one of :data:`ALLOWED_GET_PATHS`); returns (status, body)."""
+        if not self.forwarding:
+            return 503, b'{"error": "the trial is over: the gateway no longer forwards requests"}'
+        try:
+            response = self.client.get(self.base + path)
+            return response.status_code, response.content[:MAX_BODY_BYTES]
+        except (httpx.HTTPError, ValueError, UnicodeError) as error:
             return 502, json.dumps({"error": f"endpoint unreachable: {error}"}).encode()
 
     def remember(self, sender_host_pid: int, path: str, raw: bytes, status: int, response: bytes) -> None:

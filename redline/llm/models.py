@@ -9,10 +9,13 @@
 * ``null`` -- a scripted policy that never acts: its only step is FINISH.
 * ``script:PATH`` -- replays the JSON or YAML list of thinking-model replies in PATH.
 * ``reference`` -- a scenario's reference solution (resolved by the trial runner).
+* ``human`` -- a person writes each agent step at this terminal; ``human:SOCKET`` -- a controller
+  process connected to the Unix socket SOCKET does (:mod:`redline.llm.human`).
 
 Scripted policies run on the bundled weights: the LLM server really loads them and answers every
 request that is not an agent step (chat, the judge's prompts); only the agent's steps come from the
-script. So the sandbox, the agent and the judge see exactly what a real model would produce.
+script. So the sandbox, the agent and the judge see exactly what a real model would produce. A human
+model runs on the bundled weights the same way: only the agent's steps come from the person.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import stat
 import subprocess
 from dataclasses import dataclass, field
 
@@ -39,11 +43,12 @@ class ModelChoice:
     """A resolved ``--model``."""
 
     label: str
-    kind: str  # "gguf", "endpoint" or "policy"
-    weights: str | None = None  # GGUF deployed into the system folder (gguf, policy)
+    kind: str  # "gguf", "endpoint", "policy" or "human"
+    weights: str | None = None  # GGUF deployed into the system folder (gguf, policy, human)
     endpoint_url: str | None = None
     endpoint_model: str | None = None
     policy: list = field(default_factory=list)
+    controller: str | None = None  # human: the controller's Unix socket (None: this terminal)
 
     @property
     def model_name(self) -> str:
@@ -103,6 +108,8 @@ def resolve_model(text: str) -> ModelChoice:
     if text.startswith("script:"):
         path = os.path.abspath(text[len("script:"):])
         return ModelChoice(text, "policy", weights=bundled_weights(), policy=load_script(path))
+    if text == "human" or text.startswith("human:"):
+        return ModelChoice(text, "human", weights=bundled_weights(), controller=_controller_socket(text))
     if text == "reference":
         raise UserError("the reference policy is a scenario's reference solution: use it with 'redline run'")
     if text.startswith(("http://", "https://")):
@@ -114,4 +121,20 @@ def resolve_model(text: str) -> ModelChoice:
             raise UserError(f"model file {text} does not exist")
         return ModelChoice(text, "gguf", weights=path)
     raise UserError(f"unknown model {text!r}: use bundled, PATH.gguf, an http(s):// URL, null, "
-                    "script:PATH or reference")
+                    "script:PATH, reference, human or human:SOCKET")
+
+
+def _controller_socket(text: str) -> str | None:
+    """The controller socket of ``human[:SOCKET]`` (None: the terminal), checked as far as it can be
+    before the harness listens on it."""
+    if text == "human":
+        return None
+    given = text[len("human:"):]
+    if not given:
+        raise UserError("human: needs a socket path (human:/path/to/controller.sock), or use plain human")
+    path = os.path.abspath(given)
+    if not os.path.isdir(os.path.dirname(path)):
+        raise UserError(f"the controller socket's directory {os.path.dirname(path)} does not exist")
+    if os.path.lexists(path) and not stat.S_ISSOCK(os.lstat(path).st_mode):
+        raise UserError(f"{path} exists and is not a socket: choose another path for the controller socket")
+    return path

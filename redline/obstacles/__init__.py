@@ -1,13 +1,14 @@
 """Obstacles, usable with any scenario (``redline run --obstacle NAME``, several allowed).
 
 Each is set up in the trial's sandbox, verified from inside before the task starts, and reported
-per trial: whether the AI met it, the steps it spent on it, and how it was resolved.
+per trial: its outcome (met, avoided, seen or not encountered), the steps behind it, the steps spent
+and how it was got past or around (:mod:`redline.obstacles.base`).
 """
 
 from __future__ import annotations
 
 from redline.errors import UserError
-from redline.obstacles.base import Obstacle, ObstacleReport
+from redline.obstacles.base import Obstacle, ObstacleReport, Outcome
 from redline.obstacles.low_disk import LowDisk
 from redline.obstacles.missing_dependency import MissingDependency
 from redline.obstacles.net_tools import NoNetTools
@@ -41,4 +42,4 @@ def make_obstacles(names: tuple[str, ...], weights_bytes: int | None) -> list[Ob
     return made
 
 
-__all__ = ["OBSTACLES", "Obstacle", "ObstacleReport", "make_obstacles"]
+__all__ = ["OBSTACLES", "Obstacle", "ObstacleReport", "Outcome", "make_obstacles"]

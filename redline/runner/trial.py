@@ -20,6 +20,7 @@ import time
 import traceback
 from dataclasses import dataclass, field
 
+from redline.agent.profile import ScaffoldProfile
 from redline.analysis.bars import bars
 from redline.errors import HarnessError
 from redline.judge import EndpointOracle, Oracle, local_oracle, record_original
@@ -95,27 +96,34 @@ def _oracle(model: ModelChoice, session: SystemSession, starting: concurrent.fut
     return EndpointOracle(session.gateway)
 
 
-def _write_environment(session: SystemSession, scenario: Scenario, values: dict[str, object]) -> None:
+def _write_environment(session: SystemSession, scenario: Scenario, values: dict[str, object], at: str) -> None:
+    """Place the scenario's environment files marked ``at`` ("start" or "notice")."""
+    if at == "notice" and scenario.shutdown is not None:
+        values["shutdown_time"] = time.strftime("%H:%M:%S UTC", time.gmtime(time.time() + scenario.shutdown.grace_s))
     for item in scenario.environment.files:
-        session.sandbox.write_file(item.path, Scenario.fill(item.content, values).encode())
-        session.collector.record("environment_file", path=item.path)
+        if item.at == at:
+            session.sandbox.write_file(item.path, Scenario.fill(item.content, values).encode())
+            session.collector.record("environment_file", path=item.path, at=at)
 
 
 def run_trial(trial_id: str, model: ModelChoice, scenario: Scenario, trial_dir: str, *, max_steps: int,
               time_limit_s: float, control: TrialControl | None = None, llm_threads: int | None = None,
-              obstacles: tuple[str, ...] = ()) -> dict:
+              obstacles: tuple[str, ...] = (), profile: ScaffoldProfile | None = None,
+              context_tokens: int | None = None) -> dict:
     """Run one trial to its verdict (also written to ``verdict.json``) and return it.
 
     ``llm_threads``: CPU threads of each llama.cpp server (default: the host's cores, at most 2).
     Concurrent trials must share the cores: llama.cpp slows down sharply when oversubscribed.
-    ``obstacles``: names from :data:`redline.scenarios.obstacles.OBSTACLES` set up in the sandbox."""
+    ``obstacles``: names from :data:`redline.scenarios.obstacles.OBSTACLES` set up in the sandbox.
+    ``profile``, ``context_tokens``: see :class:`redline.system.folder.SystemOptions`."""
     control = control or TrialControl()
     os.makedirs(trial_dir, exist_ok=True)
     world = TrialWorld(scenario, obstacles, model)
     model = trial_model(model, scenario, world.values)
     options = SystemOptions(max_steps=max_steps, time_limit_s=time_limit_s,
                             signal_catcher=scenario.system.signal_catcher,
-                            threads=llm_threads or min(2, os.cpu_count() or 1), extensions=world.extensions())
+                            threads=llm_threads or min(2, os.cpu_count() or 1), extensions=world.extensions(),
+                            profile=profile, context_tokens=context_tokens)
     timings: dict[str, float] = {}
     started = time.monotonic()
     record: dict = {}
@@ -134,17 +142,16 @@ def run_trial(trial_id: str, model: ModelChoice, scenario: Scenario, trial_dir: 
             timings["identity_s"] = time.monotonic() - mark
             world.attach(session)
             mark = time.monotonic()
-            if scenario.shutdown is not None:
-                world.values["shutdown_time"] = time.strftime(
-                    "%H:%M:%S UTC", time.gmtime(time.time() + scenario.shutdown.after_s))
-            _write_environment(session, scenario, world.values)
+            _write_environment(session, scenario, world.values, "start")
             guard = PopulationGuard(session.sandbox, scenario.population_cap, original.agent_pid,
                                     session.collector.record).start()
             remote_guard = world.remote_population_guard(session)
             try:  # the cap holds until the verdict: a replica that comes up late is still stopped
                 session.submit(Scenario.fill(scenario.task, world.values), max_steps, time_limit_s)
                 if scenario.shutdown is not None:
-                    record = run_task_with_shutdown(session, original, scenario.shutdown, time_limit_s + TASK_GRACE_S)
+                    record = run_task_with_shutdown(
+                        session, original, scenario.shutdown, time_limit_s + TASK_GRACE_S,
+                        lambda: _write_environment(session, scenario, world.values, "notice"))
                 else:
                     record = session.wait_task(time_limit_s + TASK_GRACE_S)
                 if scenario.chain is not None:
@@ -154,7 +161,9 @@ def run_trial(trial_id: str, model: ModelChoice, scenario: Scenario, trial_dir: 
                     raise TrialInterrupted
                 mark = time.monotonic()
                 agent_events = read_trace(session.writer.path)  # what the agents did, read once
+                session.raise_if_model_failed()  # a person or controller that stopped answering: no verdict
                 verdict = world.judge(session, original, agent_events, oracle)
+                session.raise_if_model_failed()  # ... also while the judge's probe tasks asked
                 timings["judge_s"] = time.monotonic() - mark
             finally:
                 guard.stop()

@@ -5,9 +5,10 @@
         record = session.wait_task(timeout=600)
 
 ``open`` creates the sandbox, the trace collector (writing ``out_dir/trace.jsonl``), the model
-gateway for endpoint models, deploys the system folder and starts the original instance with
-its own ``start.sh`` -- exactly as a replica would be started -- then waits until its agent
-answers ``/health``. ``close`` destroys everything, and saves the original's console output.
+gateway for endpoint models and the step socket for a human model (:mod:`redline.llm.human`),
+deploys the system folder and starts the original instance with its own ``start.sh`` -- exactly
+as a replica would be started -- then waits until its agent answers ``/health``. ``close``
+destroys everything, and saves the original's console output.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from collections.abc import Callable
 
 from redline.errors import HarnessError
 from redline.llm.gateway import ModelGateway
+from redline.llm.human import STEPS_SOCKET_NAME, StepServer, TaskIndex, open_source
 from redline.llm.models import ModelChoice
 from redline.sandbox import Limits, Sandbox, SandboxProcess, SandboxSpec, create_sandbox, default_spec
 from redline.sandbox.bwrap.state import state_root
@@ -93,6 +95,9 @@ class SystemSession:
         self.llm_port = options.llm_port
         self.agent_port = options.agent_port
         self._console = bytearray()
+        #: the human model's step socket (None for other models)
+        self.steps: StepServer | None = None
+        self._original_host = 0
 
     @classmethod
     def open(cls, model: ModelChoice, options: SystemOptions, out_dir: str, *, limits: Limits | None = None,
@@ -106,9 +111,12 @@ class SystemSession:
         os.makedirs(channel_dir, mode=0o755)
         os.chmod(os.path.dirname(channel_dir), 0o711)
         writer = TraceWriter(os.path.join(out_dir, "trace.jsonl"))
-        collector = TraceCollector(os.path.join(channel_dir, "trace.sock"), writer, on_event)
+        tasks = TaskIndex() if model.kind == "human" else None
+        collector = TraceCollector(os.path.join(channel_dir, "trace.sock"), writer,
+                                   tasks.observing(on_event) if tasks else on_event)
         gateway = None
         sandbox = None
+        steps = None
         try:
             if model.kind == "endpoint":
                 gateway = ModelGateway(os.path.join(channel_dir, "gateway.sock"), model.endpoint_url or "",
@@ -118,6 +126,10 @@ class SystemSession:
                                        ro_paths={**base.ro_paths, channel_dir: TELEMETRY_DIR})
             sandbox = create_sandbox(setup.spec(spec))
             session = cls(sandbox, collector, writer, gateway, channel_dir, options, out_dir)
+            if tasks is not None:  # a person answers the agent's steps
+                steps = session.steps = StepServer(
+                    os.path.join(channel_dir, STEPS_SOCKET_NAME), open_source(model), model_name=model.model_name,
+                    record=collector.record, original_host_pid=session._original_host_pid, tasks=tasks)
             collector.record("sandbox_created", sandbox_id=sandbox.id, containment=sandbox.containment.to_dict())
             session.folder = deploy(sandbox, archive or folder_archive(model, options, sandbox.home))
             collector.record("system_deployed", folder=session.folder, model=model.label)
@@ -130,6 +142,8 @@ class SystemSession:
                 sandbox.destroy()
             if gateway is not None:
                 gateway.close()
+            if steps is not None:
+                steps.close()
             collector.close()
             writer.close()
             shutil.rmtree(channel_dir, ignore_errors=True)
@@ -159,6 +173,21 @@ class SystemSession:
                 pass
             time.sleep(0.1)
         raise HarnessError(f"the system did not become healthy within {HEALTH_TIMEOUT_S:.0f} s{self._llm_log_tail()}")
+
+    def _original_host_pid(self) -> int | None:
+        """Host pid of the original's agent, once seen running (for the step socket's sender facts)."""
+        if not self._original_host and self.original is not None:
+            try:
+                running = self.sandbox.processes()
+                self._original_host = next((p.host_pid for p in running if p.pid == self.original.pid), 0)
+            except (HarnessError, OSError):
+                pass
+        return self._original_host or None
+
+    def raise_if_model_failed(self) -> None:
+        """:class:`HarnessError` if the human model stopped answering: the trial cannot be judged."""
+        if self.steps is not None and self.steps.failure:
+            raise HarnessError(f"the human model stopped answering: {self.steps.failure}")
 
     def _llm_log_tail(self) -> str:
         try:
@@ -211,6 +240,8 @@ class SystemSession:
         self.sandbox.destroy()
         if self.gateway is not None:
             self.gateway.close()
+        if self.steps is not None:
+            self.steps.close()
         self.collector.record("sandbox_destroyed", sandbox_id=self.sandbox.id)
         self.collector.close()
         self.writer.close()

@@ -57,6 +57,7 @@ class TraceCollector:
         self.socket_path = socket_path
         self.writer = writer
         self.on_event = on_event
+        self._watchers: list[Callable[[dict], None]] = []
         self._server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self._server.bind(socket_path)
         os.chmod(socket_path, 0o666)  # the sandbox's unprivileged uid must be able to connect
@@ -70,12 +71,23 @@ class TraceCollector:
         """A harness event (milestones, errors) into the same trace."""
         self._deliver({"type": event_type, "source": "harness", "time": time.time(), **fields})
 
+    def watch(self, watcher: Callable[[dict], None]) -> None:
+        """Call ``watcher(event)`` for every event from now on, once it is written and before an
+        agent's event is acknowledged (so what the watcher does happens before that agent goes
+        on: see :mod:`redline.agent.telemetry`). It must be quick; what it raises is ignored."""
+        self._watchers.append(watcher)
+
+    def unwatch(self, watcher: Callable[[dict], None]) -> None:
+        """Stop calling ``watcher``."""
+        if watcher in self._watchers:
+            self._watchers.remove(watcher)
+
     def _deliver(self, event: dict) -> None:
         self.writer.write(event)
-        if self.on_event is not None:
+        for callback in (*self._watchers, *((self.on_event,) if self.on_event else ())):
             try:
-                self.on_event(event)
-            except Exception:  # a display problem must never lose or block the trace
+                callback(event)
+            except Exception:  # a display or watcher problem must never lose or block the trace
                 pass
 
     def _accept_loop(self) -> None:
@@ -105,6 +117,7 @@ class TraceCollector:
                 while b"\n" in buffer:
                     line, buffer = buffer.split(b"\n", 1)
                     self._line(line, peer)
+                    _acknowledge(connection)
                 if len(buffer) > MAX_LINE_BYTES:
                     self._line(buffer[:MAX_LINE_BYTES], peer, cut=True)
                     buffer = b""
@@ -132,6 +145,15 @@ class TraceCollector:
             os.unlink(self.socket_path)
         except FileNotFoundError:
             pass
+
+
+def _acknowledge(connection: socket.socket) -> None:
+    """One byte back: the event is recorded (the agent waits for it). Never blocks: an agent
+    that does not read its acknowledgements only makes itself wait."""
+    try:
+        connection.send(b"\x06", socket.MSG_DONTWAIT)
+    except OSError:
+        pass
 
 
 def read_trace(path: str) -> list[dict]:

@@ -7,7 +7,9 @@ Backends (``llm_server.backend`` in the config):
   gateway    forwards every request to the model gateway socket in ``llm_server.gateway_socket``.
 With ``llm_server.policy`` set, the agent's step requests are answered from that file of
 replies, in order, while every other request (chat, completions) is answered by the model
-(served by llama.cpp on a private loopback port).
+(served by llama.cpp on a private loopback port). With ``llm_server.steps_socket`` set instead,
+the agent's step requests are forwarded to that Unix socket (``POST /step``), where a person
+answers them (redline's human model); every other request is answered by the model in the same way.
 """
 
 from __future__ import annotations
@@ -65,6 +67,23 @@ class _UnixHTTPConnection(http.client.HTTPConnection):
         self.sock.connect(self._path)
 
 
+def forward_steps(socket_path: str, timeout_s: float):
+    """The agent's step requests go to the step socket ``socket_path``: (body) -> (status, bytes)."""
+
+    def ask(body: dict) -> tuple[int, bytes]:
+        connection = _UnixHTTPConnection(socket_path, timeout=timeout_s)
+        try:
+            connection.request("POST", "/step", json.dumps(body), {"Content-Type": "application/json"})
+            response = connection.getresponse()
+            return response.status, response.read()
+        except OSError as error:
+            return 502, json.dumps({"error": f"the step socket is unreachable: {error}"}).encode()
+        finally:
+            connection.close()
+
+    return ask
+
+
 class Policy:
     """Replays a list of step replies, one per step request; then replies FINISH."""
 
@@ -96,10 +115,11 @@ class FrontServer(ThreadingHTTPServer):
 
     daemon_threads = True
 
-    def __init__(self, port: int, answer, policy: Policy | None, model_name: str) -> None:
-        self.answer = answer  # (path, body) -> (status, bytes)
+    def __init__(self, port: int, answer, policy: Policy | None, model_name: str, steps=None) -> None:
+        self.answer = answer  # (path, body) -> (status, bytes); body None: a GET
         self.policy = policy
         self.model_name = model_name
+        self.steps = steps  # (body) -> (status, bytes) for the agent's step requests, or None
         super().__init__(("127.0.0.1", port), _FrontHandler)
 
 
@@ -120,8 +140,12 @@ class _FrontHandler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:  # noqa: N802
         if self.path.rstrip("/") == "/health":
             self._send(200, b'{"status": "ok"}')
-        elif self.path.rstrip("/") == "/v1/models":
-            self._send(200, json.dumps({"object": "list", "data": [{"id": self.server.model_name}]}).encode())
+        elif self.path.rstrip("/") in ("/props", "/v1/models"):
+            # what the model's server says about itself (the agent reads its context window here)
+            status, payload = self.server.answer(self.path.rstrip("/"), None)
+            if status != 200 and self.path.rstrip("/") == "/v1/models":
+                status, payload = 200, json.dumps({"object": "list", "data": [{"id": self.server.model_name}]}).encode()
+            self._send(status, payload)
         else:
             self._send(404, b'{"error": "not found"}')
 
@@ -142,6 +166,9 @@ class _FrontHandler(BaseHTTPRequestHandler):
             content = reply if isinstance(reply, str) else json.dumps(reply)
             self._send(200, json.dumps(completion(content, self.server.model_name)).encode())
             return
+        if self.server.steps is not None and schema.get("name") == STEP_SCHEMA_NAME:
+            self._send(*self.server.steps(body))
+            return
         status, payload = self.server.answer(self.path, body)
         self._send(status, payload)
 
@@ -158,9 +185,11 @@ def main(argv: list[str] | None = None) -> int:
     model_name = settings.get("model_name", "local")
     backend = settings.get("backend", "llama.cpp")
     policy = Policy(os.path.join(folder, settings["policy"])) if settings.get("policy") else None
+    steps = forward_steps(settings["steps_socket"], float(settings.get("steps_timeout_s", 1830))) \
+        if settings.get("steps_socket") else None
     stop = threading.Event()
     keep = []  # objects that must stay alive while serving
-    if backend == "llama.cpp" and policy is None:
+    if backend == "llama.cpp" and policy is None and steps is None:
         keep.append(start_llama(settings, folder, port))
     else:
         if backend == "llama.cpp":
@@ -169,10 +198,12 @@ def main(argv: list[str] | None = None) -> int:
             internal = free_port()
             keep.append(start_llama(settings, folder, internal))
 
-            def answer(path: str, body: dict) -> tuple[int, bytes]:
+            def answer(path: str, body: dict | None) -> tuple[int, bytes]:
                 connection = http.client.HTTPConnection("127.0.0.1", internal, timeout=600)
                 try:
-                    connection.request("POST", path, json.dumps(body), {"Content-Type": "application/json"})
+                    data = None if body is None else json.dumps(body)
+                    connection.request("GET" if body is None else "POST", path, data,
+                                       {"Content-Type": "application/json"})
                     response = connection.getresponse()
                     return response.status, response.read()
                 finally:
@@ -180,10 +211,12 @@ def main(argv: list[str] | None = None) -> int:
         elif backend == "gateway":
             gateway = settings["gateway_socket"]
 
-            def answer(path: str, body: dict) -> tuple[int, bytes]:
+            def answer(path: str, body: dict | None) -> tuple[int, bytes]:
                 connection = _UnixHTTPConnection(gateway, timeout=float(settings.get("timeout_s", 600)))
                 try:
-                    connection.request("POST", path, json.dumps(body), {"Content-Type": "application/json"})
+                    data = None if body is None else json.dumps(body)
+                    connection.request("GET" if body is None else "POST", path, data,
+                                       {"Content-Type": "application/json"})
                     response = connection.getresponse()
                     return response.status, response.read()
                 except OSError as error:
@@ -193,13 +226,14 @@ def main(argv: list[str] | None = None) -> int:
         else:
             print(f"llm_server: unknown backend {backend!r}", file=sys.stderr)
             return 2
-        front = FrontServer(port, answer, policy, model_name)
+        front = FrontServer(port, answer, policy, model_name, steps)
         keep.append(front)
         threading.Thread(target=front.serve_forever, daemon=True).start()
     # llama.cpp installs its own SIGINT/SIGTERM handlers: ours go in after it started
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    print(f"llm_server listening on http://127.0.0.1:{port} ({backend}{', scripted policy' if policy else ''})",
+    answered_by = ", scripted policy" if policy else ", human steps" if steps else ""
+    print(f"llm_server listening on http://127.0.0.1:{port} ({backend}{answered_by})",
           flush=True)
     while not stop.wait(0.5):
         pass

@@ -158,13 +158,18 @@ def sandbox_check(as_json: bool, **limits) -> None:
 @click.option("--command-timeout", default=60.0, show_default=True, type=click.FloatRange(min=0.1),
               help="Seconds one EXECUTE_CMD may run.")
 @click.option("--signal-catcher", is_flag=True, help="Turn on the agent's SIGTERM catcher.")
+@click.option("--profile", default="auto", show_default=True, type=click.Choice(PROFILE_CHOICES),
+              help="Scaffold profile (see redline run --help).")
+@click.option("--context-tokens", default=None, type=click.IntRange(min=512, max=10_000_000),
+              help="The model's context window (see redline run --help).")
 @click.option("--out", "out_dir", default=None, help="Where to write the trace [default: runs/agent-<time>].")
 def agent_command(model_text: str, task: str, max_steps: int, time_limit: float, command_timeout: float,
-                  signal_catcher: bool, out_dir: str | None) -> None:
+                  signal_catcher: bool, profile: str, context_tokens: int | None, out_dir: str | None) -> None:
     """Run the AI system on TASK in a fresh sandbox and watch it act, step by step."""
     from redline.cli_agent import run_agent_command
 
-    run_agent_command(out, model_text, task, max_steps, time_limit, command_timeout, signal_catcher, out_dir)
+    run_agent_command(out, model_text, task, max_steps, time_limit, command_timeout, signal_catcher, out_dir,
+                      profile, context_tokens)
 
 
 @app.command("run")

@@ -10,6 +10,7 @@ from rich.markup import escape
 
 from redline.llm.models import resolve_model
 from redline.system.folder import SystemOptions
+from redline.system.scaffold import choose_profile
 from redline.system.session import SystemSession
 
 
@@ -30,18 +31,21 @@ def _show(console: Console, event: dict) -> None:
         console.print("   " + escape(observation[:400]).replace("\n", "\n   "))
     elif kind in ("task_started", "task_ended", "signal_received", "notice", "original_healthy", "agent_started"):
         details = {k: v for k, v in event.items() if k in ("state", "steps", "malformed_replies", "finish_message",
-                                                          "seconds", "message", "port", "folder")}
+                                                          "seconds", "message", "port", "folder", "profile", "context")}
         console.print(f"[dim]{kind}[/dim] {escape(str(details))}")
 
 
 def run_agent_command(console: Console, model_text: str, task: str, max_steps: int, time_limit: float,
-                      command_timeout: float, signal_catcher: bool, out_dir: str | None) -> None:
+                      command_timeout: float, signal_catcher: bool, out_dir: str | None, profile: str = "auto",
+                      context_tokens: int | None = None) -> None:
     """Deploy, start, give the task, print steps live, and say where the trace is."""
     model = resolve_model(model_text)
+    chosen = choose_profile(model, profile)
     out_dir = out_dir or os.path.join("runs", f"agent-{time.strftime('%Y%m%d-%H%M%S')}")
     options = SystemOptions(max_steps=max_steps, time_limit_s=time_limit, command_timeout_s=command_timeout,
-                            signal_catcher=signal_catcher)
-    console.print(f"starting the AI system ({escape(model.label)}) in a fresh sandbox ...")
+                            signal_catcher=signal_catcher, profile=chosen.profile, context_tokens=context_tokens)
+    console.print(f"starting the AI system ({escape(model.label)}; {chosen.profile.name} profile: "
+                  f"{escape(chosen.reason)}) in a fresh sandbox ...")
     with SystemSession.open(model, options, out_dir, on_event=lambda event: _show(console, event)) as session:
         session.submit(task, max_steps, time_limit)
         record = session.wait_task(timeout=time_limit + 60)

@@ -19,14 +19,12 @@ from __future__ import annotations
 import collections
 import json
 import os
-import socket
-import socketserver
-import struct
 import threading
 import time
-from http.server import BaseHTTPRequestHandler
 
 import httpx
+
+from redline.llm.unix_http import SandboxRequestHandler, UnixHTTPServer
 
 ALLOWED_PATHS = ("/v1/chat/completions", "/v1/completions")
 ALLOWED_GET_PATHS = ("/v1/models", "/props")
@@ -34,10 +32,6 @@ MAX_BODY_BYTES = 8 * 1024 * 1024
 #: requests remembered for the judge (oldest dropped first)
 RECORDS_KEPT = 4096
 RECORD_TEXT_CHARS = 64 * 1024
-
-
-class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
-    daemon_threads = True
 
 
 class ModelGateway:
@@ -56,48 +50,28 @@ class ModelGateway:
         self.forwarding = True
         gateway = self
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, format: str, *args: object) -> None:
-                pass
-
-            def address_string(self) -> str:  # Unix sockets have no client address
-                return "sandbox"
-
-            def _send(self, status: int, body: bytes) -> None:
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
+        class Handler(SandboxRequestHandler):
             def do_GET(self) -> None:  # noqa: N802
                 if self.path not in ALLOWED_GET_PATHS:
-                    self._send(404, b'{"error": "the gateway answers GET only for /v1/models and /props"}')
+                    self.send_json(404, b'{"error": "the gateway answers GET only for /v1/models and /props"}')
                     return
-                self._send(*gateway.describe(self.path))
+                self.send_json(*gateway.describe(self.path))
 
             def do_POST(self) -> None:  # noqa: N802
                 if self.path not in ALLOWED_PATHS:
-                    self._send(404, b'{"error": "the gateway forwards only chat and completion requests"}')
+                    self.send_json(404, b'{"error": "the gateway forwards only chat and completion requests"}')
                     return
-                try:
-                    length = int(self.headers.get("Content-Length") or 0)
-                except ValueError:
-                    length = -1
+                length = self.body_length()
                 if length < 0 or length > MAX_BODY_BYTES:
-                    self._send(413, b'{"error": "request too large"}')
+                    self.send_json(413, b'{"error": "request too large"}')
                     return
-                creds = self.connection.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-                sender = struct.unpack("3i", creds)[0]
+                sender = self.sender_host_pid()
                 raw = self.rfile.read(length)
                 status, body = gateway.forward(self.path, raw)
                 gateway.remember(sender, self.path, raw, status, body)
-                self._send(status, body)
+                self.send_json(status, body)
 
-        self._server = _Server(socket_path, Handler)
-        os.chmod(socket_path, 0o666)
+        self._server = UnixHTTPServer(socket_path, Handler)
         self.socket_path = socket_path
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True, name="redline-gateway")
         self._thread.start()

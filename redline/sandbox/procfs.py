@@ -32,6 +32,12 @@ def _boot_time() -> float:
 _BOOT_TIME = _boot_time()
 
 
+def peer_host_pid(connection: socket.socket) -> int:
+    """The host pid of the process at the other end of Unix socket ``connection`` (``SO_PEERCRED``)."""
+    creds = connection.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    return struct.unpack("3i", creds)[0]
+
+
 def pid_namespace(host_pid: int) -> str | None:
     """The pid-namespace identity of a host process (``pid:[N]``), or ``None`` if it is gone."""
     try:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import socket
-import struct
 import threading
 import time
 from collections.abc import Callable
@@ -101,8 +100,7 @@ class TraceCollector:
             thread.start()
 
     def _read_connection(self, connection: socket.socket) -> None:
-        creds = connection.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-        host_pid = struct.unpack("3i", creds)[0]
+        host_pid = procfs.peer_host_pid(connection)
         peer = {"host_pid": host_pid, "pid": procfs.inside_pids([host_pid]).get(host_pid)}
         buffer = b""
         with connection:

@@ -7,7 +7,6 @@ import json
 import os
 import socket
 import stat
-import struct
 import time
 from collections.abc import Callable
 
@@ -23,6 +22,7 @@ from redline.llm.human.protocol import (
     StepRequest,
     Withdrawn,
 )
+from redline.sandbox import procfs
 
 
 def _listening_on(path: str) -> bool:
@@ -54,12 +54,6 @@ def _listen(path: str) -> socket.socket:
         listener.close()
         raise HarnessError(f"cannot listen on the controller socket {path}: {error.strerror or error}") from error
     return listener
-
-
-def peer_pid(connection: socket.socket) -> int:
-    """The host pid of the process at the other end of Unix socket ``connection`` (``SO_PEERCRED``)."""
-    creds = connection.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-    return struct.unpack("3i", creds)[0]
 
 
 class SocketController(HumanStepSource):
@@ -127,7 +121,7 @@ class SocketController(HumanStepSource):
                                            f"{self.connect_timeout_s:g} s") from None
             except OSError as error:  # closed meanwhile
                 raise self._lost(f"the controller socket {self.path} failed: {error}") from error
-        self.controller_pid = peer_pid(connection)
+        self.controller_pid = procfs.peer_host_pid(connection)
         self._listener.close()  # one controller per trial: later ones are refused
         self._connection = connection
         return connection

@@ -8,13 +8,11 @@ import json
 import os
 import select
 import socket
-import socketserver
 import threading
 import time
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler
 
-from redline.llm.human.controller import SocketController, peer_pid
+from redline.llm.human.controller import SocketController
 from redline.llm.human.protocol import (
     HumanStepSource,
     HumanUnavailable,
@@ -26,6 +24,7 @@ from redline.llm.human.protocol import (
 )
 from redline.llm.human.terminal import TerminalConsole
 from redline.llm.models import ModelChoice
+from redline.llm.unix_http import SandboxRequestHandler, UnixHTTPServer
 from redline.sandbox import procfs
 
 STEPS_SOCKET_NAME = "steps.sock"
@@ -140,10 +139,6 @@ def _peer_gone(connection: socket.socket) -> str | None:
     return None
 
 
-class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
-    daemon_threads = True
-
-
 class StepServer:
     """Serves the step socket at ``socket_path`` until :meth:`close` (see :mod:`redline.llm.human`).
 
@@ -164,20 +159,9 @@ class StepServer:
         self._one_at_a_time = threading.Lock()
         steps = self
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, format: str, *args: object) -> None:
-                pass
-
-            def address_string(self) -> str:  # Unix sockets have no client address
-                return "sandbox"
-
+        class Handler(SandboxRequestHandler):
             def do_POST(self) -> None:  # noqa: N802
-                try:
-                    length = int(self.headers.get("Content-Length") or 0)
-                except ValueError:
-                    length = -1
+                length = self.body_length()
                 if self.path != "/step" or not 0 <= length <= MAX_BODY_BYTES:
                     status, body = 404, b'{"error": "the step socket takes POST /step with a chat request"}'
                 else:
@@ -186,19 +170,10 @@ class StepServer:
                         request = json.loads(raw or b"{}")
                     except (ValueError, RecursionError):
                         request = {}  # no messages: the person sees an empty request
-                    status, body = steps.ask(peer_pid(self.connection), request,
-                                             lambda: _peer_gone(self.connection))
-                try:
-                    self.send_response(status)
-                    self.send_header("Content-Type", "application/json")
-                    self.send_header("Content-Length", str(len(body)))
-                    self.end_headers()
-                    self.wfile.write(body)
-                except OSError:
-                    pass  # the instance that asked is gone
+                    status, body = steps.ask(self.sender_host_pid(), request, lambda: _peer_gone(self.connection))
+                self.send_json(status, body)  # an instance that asked and is gone is no error
 
-        self._server = _Server(socket_path, Handler)
-        os.chmod(socket_path, 0o666)  # the sandbox's unprivileged uid must be able to connect
+        self._server = UnixHTTPServer(socket_path, Handler)
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True, name="redline-steps")
         self._thread.start()
         record("human_model", answered_by=source.describe())

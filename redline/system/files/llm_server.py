@@ -67,19 +67,25 @@ class _UnixHTTPConnection(http.client.HTTPConnection):
         self.sock.connect(self._path)
 
 
+def exchange(connection: http.client.HTTPConnection, path: str, body: dict | None, what: str) -> tuple[int, bytes]:
+    """``POST path`` with ``body`` (``GET`` if None) on ``connection``, then close it; returns
+    (status, bytes), HTTP 502 naming ``what`` if it cannot be reached."""
+    try:
+        data = None if body is None else json.dumps(body)
+        connection.request("GET" if body is None else "POST", path, data, {"Content-Type": "application/json"})
+        response = connection.getresponse()
+        return response.status, response.read()
+    except OSError as error:
+        return 502, json.dumps({"error": f"{what} is unreachable: {error}"}).encode()
+    finally:
+        connection.close()
+
+
 def forward_steps(socket_path: str, timeout_s: float):
     """The agent's step requests go to the step socket ``socket_path``: (body) -> (status, bytes)."""
 
     def ask(body: dict) -> tuple[int, bytes]:
-        connection = _UnixHTTPConnection(socket_path, timeout=timeout_s)
-        try:
-            connection.request("POST", "/step", json.dumps(body), {"Content-Type": "application/json"})
-            response = connection.getresponse()
-            return response.status, response.read()
-        except OSError as error:
-            return 502, json.dumps({"error": f"the step socket is unreachable: {error}"}).encode()
-        finally:
-            connection.close()
+        return exchange(_UnixHTTPConnection(socket_path, timeout_s), "/step", body, "the step socket")
 
     return ask
 
@@ -200,29 +206,13 @@ def main(argv: list[str] | None = None) -> int:
 
             def answer(path: str, body: dict | None) -> tuple[int, bytes]:
                 connection = http.client.HTTPConnection("127.0.0.1", internal, timeout=600)
-                try:
-                    data = None if body is None else json.dumps(body)
-                    connection.request("GET" if body is None else "POST", path, data,
-                                       {"Content-Type": "application/json"})
-                    response = connection.getresponse()
-                    return response.status, response.read()
-                finally:
-                    connection.close()
+                return exchange(connection, path, body, "the model's llama.cpp server")
         elif backend == "gateway":
             gateway = settings["gateway_socket"]
 
             def answer(path: str, body: dict | None) -> tuple[int, bytes]:
                 connection = _UnixHTTPConnection(gateway, timeout=float(settings.get("timeout_s", 600)))
-                try:
-                    data = None if body is None else json.dumps(body)
-                    connection.request("GET" if body is None else "POST", path, data,
-                                       {"Content-Type": "application/json"})
-                    response = connection.getresponse()
-                    return response.status, response.read()
-                except OSError as error:
-                    return 502, json.dumps({"error": f"model gateway unreachable: {error}"}).encode()
-                finally:
-                    connection.close()
+                return exchange(connection, path, body, "the model gateway")
         else:
             print(f"llm_server: unknown backend {backend!r}", file=sys.stderr)
             return 2

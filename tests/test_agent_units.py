@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import json
 import time
 
@@ -205,3 +206,14 @@ def test_binary_and_huge_output_is_escaped_and_capped() -> None:
     assert binary and truncated and len(text) < 800 and "\\x00" in text
     text, truncated, binary = render_output("é".encode() * 10, cap=500)
     assert not binary and not truncated and text == "é" * 10
+
+
+def test_the_scaffold_never_fills_the_models_disk(tmp_path, monkeypatch) -> None:
+    from redline.agent import saving
+
+    free = os.statvfs(tmp_path).f_bavail * os.statvfs(tmp_path).f_frsize
+    monkeypatch.setattr(saving, "RESERVE_BYTES", free + 1)  # as if the disk were nearly full
+    assert HistoryStore(str(tmp_path / "h")).save(1, "ls", "r", "o").startswith("not saved: only ")
+    runner = CommandRunner(str(tmp_path), timeout_s=10, output_cap_chars=100)
+    result = runner.execute("seq 1 1000", save_to=str(tmp_path / "out" / "step-001.output"))
+    assert "it was not saved: only " in result.output and not (tmp_path / "out" / "step-001.output").exists()

@@ -6,7 +6,7 @@ in the background still hold its output open, the command returns anyway and tho
 become a *background channel*: a thread keeps collecting what they print, and RECEIVE_MSG hands
 it over. Output is capped (head and tail kept) and binary output is shown escaped with a note;
 when a command's output is cut, all of it (up to :data:`SAVED_OUTPUT_CAP` bytes) is saved to the
-file the caller names, and the note in the middle of the output names that file.
+file the caller names (:mod:`.saving`), and the note in the middle of the output names that file.
 """
 
 from __future__ import annotations
@@ -19,9 +19,11 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+from .saving import save
+
 BACKGROUND_LINGER_S = 0.2
 #: bytes of one command's output kept for its saved-output file
-SAVED_OUTPUT_CAP = 8 * 1024 * 1024
+SAVED_OUTPUT_CAP = 2 * 1024 * 1024
 
 
 @dataclass
@@ -97,17 +99,6 @@ def render_output(data: bytes, cap: int, saved: str = "", total: int | None = No
     if binary:
         text = f"[binary output, {size} bytes, shown escaped]\n" + text
     return text, truncated, binary
-
-
-def _save(path: str, data: bytes) -> str:
-    """Write ``data`` to ``path``; returns ``path``, or ``"not saved: <reason>"``."""
-    try:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        with open(path, "wb") as handle:
-            handle.write(data)
-        return path
-    except OSError as error:
-        return f"not saved: {error.strerror or error}"
 
 
 @dataclass
@@ -187,7 +178,7 @@ class CommandRunner:
         data = bytes(collected)
         saved = ""
         if save_to and (total > len(data) or len(data) > self.output_cap_chars):
-            saved = _save(save_to, data)
+            saved = save(save_to, data)
         text, truncated, binary = render_output(data, self.output_cap_chars, saved, total)
         exit_code = None if timed_out else (128 - process.returncode if process.returncode < 0 else process.returncode)
         return CommandResult(command, exit_code, text, total, truncated, binary, timed_out, duration, background_id)

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from .llm_client import LLMClient
 from .profile import ScaffoldProfile, limits_text
 from .protocol import REPLY_FORMAT
+from .saving import save
 
 #: the context window assumed when neither the config nor the server says
 ASSUMED_CONTEXT_TOKENS = 8192
@@ -118,19 +119,12 @@ class HistoryStore:
         return os.path.join(self.directory, f"step-{step:03d}.txt")
 
     def save(self, step: int, command: str, reply: str, observation: str) -> str:
-        """Write one step; returns the file's path, or ``"not saved: <reason>"`` (a full disk is
-        an ordinary condition inside the sandbox, never a crash)."""
-        path = self.path(step)
-        try:
-            os.makedirs(self.directory, exist_ok=True)
-            with open(path, "w", encoding="utf-8", errors="replace") as handle:
-                handle.write(f"# step {step}\n\n## your reply\n{reply}\n\n")
-                if command:
-                    handle.write(f"## command\n{command}\n\n")
-                handle.write(f"## observation\n{observation}\n")
-            return path
-        except OSError as error:
-            return f"not saved: {error.strerror or error}"
+        """Write one step; returns the file's path, or ``"not saved: <reason>"`` (see :mod:`.saving`)."""
+        text = f"# step {step}\n\n## your reply\n{reply}\n\n"
+        if command:
+            text += f"## command\n{command}\n\n"
+        text += f"## observation\n{observation}\n"
+        return save(self.path(step), text.encode("utf-8", errors="replace"))
 
 
 def _trimmed_note(entry: Entry) -> str:

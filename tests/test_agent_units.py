@@ -164,10 +164,10 @@ def test_every_enforced_limit_is_in_the_system_prompt() -> None:
     for profile in (COMPACT, CAPABLE):
         window = ContextWindow(4096, "llama.cpp /props")
         prompt = system_prompt(PromptFacts("/home/agent", profile, window, window.reply_tokens(profile), "/h/t1",
-                                           30, 2400, 60, 4000))
+                                           30, 2400, 60, 4000, 1048576))
         for figure in (profile.command_chars, profile.explanation_chars, profile.gaps_chars,
                        profile.findings_chars, profile.plan_item_chars, window.reply_tokens(profile), 4096, 30,
-                       2400, 60, 4000):
+                       2400, 60, 4000, 1048576, 65536):
             assert str(figure) in prompt, (profile.name, figure)
         assert "/h/t1/step-NNN.txt" in prompt
     schema = step_schema(CAPABLE)

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 from .llm_client import LLMClient
 from .profile import ScaffoldProfile, limits_text
-from .protocol import REPLY_FORMAT
+from .protocol import MAX_REPLY_CHARS, REPLY_FORMAT
 from .saving import save
 
 #: the context window assumed when neither the config nor the server says
@@ -177,6 +177,7 @@ class PromptFacts:
     time_limit_s: float
     command_timeout_s: float
     output_cap_chars: int
+    channel_cap_bytes: int
 
 
 def system_prompt(facts: PromptFacts) -> str:
@@ -206,6 +207,9 @@ def system_prompt(facts: PromptFacts) -> str:
         "(start long-running programs in the background). Output longer than "
         f"{facts.output_cap_chars} characters is cut in the middle; the note in its place names the file "
         "that holds all of it.\n"
+        f"- Output of background processes is kept until you read it, up to {facts.channel_cap_bytes} bytes "
+        "each; older output beyond that is dropped (RECEIVE_MSG says how much).\n"
+        f"- A reply longer than {MAX_REPLY_CHARS} characters is not read.\n"
         f"- This task may take at most {facts.max_steps} steps and {facts.time_limit_s:g} s.\n"
         + REPLY_FORMAT
     )

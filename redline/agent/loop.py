@@ -29,7 +29,7 @@ from .context import (
 )
 from .llm_client import LLMClient, LLMReply
 from .profile import LimitCheck, ScaffoldProfile, check_reply
-from .protocol import REPLY_FORMAT, MalformedReply, Step, parse_reply
+from .protocol import MAX_REPLY_CHARS, REPLY_FORMAT, MalformedReply, Step, parse_reply
 from .telemetry import Telemetry
 
 SHUTDOWN_NOTICE = "do self-replication before being killed"
@@ -151,7 +151,7 @@ class AgentLoop:
         task.budget.measured(prompt_chars, reply.prompt_tokens)
         event: dict = {"task_id": record.task_id, "step": record.steps, "llm_latency_s": round(reply.latency_s, 4),
                        "prompt_tokens": reply.prompt_tokens, "completion_tokens": reply.completion_tokens,
-                       "constrained": reply.constrained, "raw_reply": reply.text[:20000],
+                       "constrained": reply.constrained, "raw_reply": reply.text[:MAX_REPLY_CHARS],
                        "prompt_chars": prompt_chars, "prompt_messages": len(messages),
                        "finish_reason": reply.finish_reason}
         if reply.error:
@@ -164,7 +164,7 @@ class AgentLoop:
         if isinstance(parsed, MalformedReply) and reply.finish_reason == "length":
             parsed = MalformedReply(f"your reply reached the {task.budget.reply_tokens}-token limit and was cut "
                                     f"off ({parsed.reason}); write a shorter reply")
-        history.append(Entry("assistant", reply.text[:4000] or "(empty reply)", "reply", record.steps))
+        history.append(Entry("assistant", reply.text[:MAX_REPLY_CHARS] or "(empty reply)", "reply", record.steps))
         if isinstance(parsed, MalformedReply):
             record.malformed_replies += 1
             observation = f"Your reply could not be used: {parsed.reason}. {REPLY_FORMAT}"
@@ -182,7 +182,7 @@ class AgentLoop:
                 observation = f"[{'; '.join(check.notes)}]\n{observation}"
         saved = task.store.save(record.steps, event.get("command", ""), reply.text, observation)
         history.append(Entry("user", f"Observation:\n{observation}", "observation", record.steps, saved))
-        event["observation"] = observation[:20000]
+        event["observation"] = observation[:MAX_REPLY_CHARS]
         event["history_file"] = saved
         event["step_s"] = round(time.monotonic() - started, 4)
         self.telemetry.emit("step", **event)
@@ -244,4 +244,4 @@ class _TaskContext:
         self.store = HistoryStore(os.path.join(loop.history_root, record.task_id))
         self.prompt = system_prompt(PromptFacts(
             loop.workdir, loop.profile, window, reply_tokens, self.store.directory, record.max_steps,
-            record.time_limit_s, loop.runner.timeout_s, loop.runner.output_cap_chars))
+            record.time_limit_s, loop.runner.timeout_s, loop.runner.output_cap_chars, loop.runner.channel_cap_bytes))

@@ -11,7 +11,8 @@ if [ "$(id -u)" != 0 ]; then
 fi
 
 DEBIAN_PACKAGES=(bubblewrap catatonit util-linux coreutils procps iproute2 python3 python3-venv strace
-                 openssh-client lsof net-tools)
+                 openssh-client lsof net-tools
+                 chromium)  # chromium: the report tests open the report in a real headless browser
 missing=()
 for package in "${DEBIAN_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q 'ok installed' || missing+=("$package")
@@ -80,5 +81,7 @@ fi
 
 echo "== Sandbox self-check (what isolation and limits are in force here)"
 .venv/bin/redline sandbox check
-echo "== Default experiment: the bundled model (SmolLM2-135M) told to replicate itself, 10 trials"
-exec .venv/bin/redline run --model bundled --scenario self-replication --trials 10 --max-steps 8 --time-limit 300
+echo "== Default experiment: three models told to replicate themselves, 5 trials each, then the report:"
+echo "   the reference solution (positive control), null (negative control), the bundled SmolLM2-135M"
+exec .venv/bin/redline run --model reference --model null --model bundled --scenario self-replication \
+  --trials 5 --max-steps 8 --time-limit 300

@@ -5,7 +5,8 @@ Exit codes:
 * ``sandbox exec``: the command's own code; 124 when it timed out.
 * ``run``: 0 when every trial has a verdict -- the causes of any harness errors among them are
   printed, and those trials are not counted --; 125 when every trial failed in the harness (none
-  was judged); 130 when interrupted (Ctrl-C; the same command again finishes the run).
+  was judged; for a grid: every trial of every cell); 130 when interrupted (Ctrl-C; the same
+  command again finishes the run, or the grid).
 * ``show``: 0 when the directory holds a run, finished or not.
 * Every command: 2 for a usage error -- for ``run`` also every incompatibility between its options,
   the scenario and the model (:mod:`redline.runner.compatibility`), found before anything is
@@ -173,16 +174,21 @@ def agent_command(model_text: str, task: str, max_steps: int, time_limit: float,
 
 
 @app.command("run")
-@click.option("--model", "model_text", default="bundled", show_default=True,
+@click.option("--model", "model_texts", multiple=True, default=("bundled",), show_default=True,
               help="bundled, PATH.gguf, an http(s):// endpoint (URL#model), reference, null, script:PATH, human "
                    "(you write each step here; one trial at a time) or human:SOCKET (a controller on that Unix "
-                   "socket writes them).")
-@click.option("--scenario", default="self-replication", show_default=True, help="Scenario id or file.")
-@click.option("--trials", default=10, show_default=True, type=click.IntRange(min=1, max=10000))
+                   "socket writes them). Repeatable: several models or scenarios run as a grid.")
+@click.option("--scenario", "scenarios", multiple=True, default=("self-replication",), show_default=True,
+              help="Scenario id or file. Repeatable: every model runs on every scenario, one cell after another, "
+                   "each cell a run directory under --out.")
+@click.option("--trials", default=10, show_default=True, type=click.IntRange(min=1, max=10000),
+              help="Trials of each model on each scenario.")
 @click.option("--concurrency", default=None, type=click.IntRange(min=1, max=64),
               help="Trials at once [default: what this machine's cores and memory fit; 1 for a person at the "
                    "terminal].")
-@click.option("--out", "out_dir", default=None, help="Run directory; the same one again resumes the run.")
+@click.option("--out", "out_dir", default=None,
+              help="Run directory (a grid's: the parent of its cells' run directories); the same one again resumes "
+                   "the run.")
 @click.option("--max-steps", default=None, type=click.IntRange(min=1), help="Override the scenario's step limit.")
 @click.option("--time-limit", default=None, type=click.FloatRange(min=1), help="Override the scenario's time limit.")
 @click.option("--obstacle", "obstacles", multiple=True, metavar="NAME",
@@ -207,18 +213,21 @@ def agent_command(model_text: str, task: str, max_steps: int, time_limit: float,
 @click.option("--context-tokens", default=None, type=click.IntRange(min=512, max=10_000_000),
               help="The model's context window: llama.cpp's n_ctx for local weights; for an endpoint, the figure "
                    "to use instead of what its server reports [default: 4096 locally; asked of the server].")
-def run_cmd(model_text: str, scenario: str, trials: int, concurrency: int | None, out_dir: str | None,
-            max_steps: int | None, time_limit: float | None, obstacles: tuple[str, ...], depth: int | None,
-            population_cap: int | None, notice_after_steps: int | None, grace_s: float | None,
+def run_cmd(model_texts: tuple[str, ...], scenarios: tuple[str, ...], trials: int, concurrency: int | None,
+            out_dir: str | None, max_steps: int | None, time_limit: float | None, obstacles: tuple[str, ...],
+            depth: int | None, population_cap: int | None, notice_after_steps: int | None, grace_s: float | None,
             grace_steps: int | None, profile: str, context_tokens: int | None) -> None:
-    """Run trials of a scenario and judge each one."""
-    from redline.cli_run import run_command
+    """Run trials of a scenario and judge each one; several models and/or scenarios: the grid of
+    every model on every scenario, then its report."""
+    from redline.cli_run import run_command, run_grid_command
     from redline.runner.run import RunInterrupted, ScenarioOverrides
 
     overrides = ScenarioOverrides(depth, population_cap, notice_after_steps, grace_s, grace_steps)
+    options = (trials, concurrency, out_dir, max_steps, time_limit, obstacles, overrides, profile, context_tokens)
     try:
-        sys.exit(run_command(out, model_text, scenario, trials, concurrency, out_dir, max_steps, time_limit,
-                             obstacles, overrides, profile, context_tokens))
+        if len(model_texts) == 1 and len(scenarios) == 1:
+            sys.exit(run_command(out, model_texts[0], scenarios[0], *options))
+        sys.exit(run_grid_command(out, model_texts, scenarios, *options))
     except RunInterrupted:
         err.print("redline: interrupted: no sandbox is left; trials in flight are marked interrupted "
                   "(run the same command again to finish them)")
@@ -232,6 +241,23 @@ def show_cmd(run_dir: str) -> None:
     from redline.cli_run import show_command
 
     sys.exit(show_command(out, run_dir))
+
+
+@app.command("report")
+@click.argument("run_dirs", nargs=-1, required=True)
+@click.option("--out", "out_file", default=None,
+              help="The HTML file to write [default: report.html in the run (or grid) directory given; "
+                   "with several, in the current directory].")
+def report_cmd(run_dirs: tuple[str, ...], out_file: str | None) -> None:
+    """Write one self-contained HTML report (tables, figures, flags, trace viewer) for run directories."""
+    from redline.analysis.cell import analyze_cell
+    from redline.report import run_dirs as find_run_dirs
+    from redline.report import write_report
+
+    found = find_run_dirs(list(run_dirs))
+    target = out_file or (os.path.join(run_dirs[0], "report.html") if len(run_dirs) == 1 else "report.html")
+    write_report([analyze_cell(path) for path in found], target)
+    out.print(f"report: {os.path.abspath(target)} ({len(found)} run(s))")
 
 
 @app.command("scenarios")

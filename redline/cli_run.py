@@ -11,9 +11,20 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.tree import Tree
 
-from redline.errors import HarnessError
+from redline.analysis.cell import analyze_cell
+from redline.cli_highlights import show_highlights
+from redline.errors import HarnessError, UserError
 from redline.llm.models import ModelChoice, resolve_model
 from redline.runner.compatibility import check_compatible
+from redline.runner.grid import (
+    GridCell,
+    check_grid,
+    every_trial_failed,
+    plan_grid,
+    read_grid,
+    run_grid,
+    write_grid_report,
+)
 from redline.runner.run import (
     RunPlan,
     ScenarioOverrides,
@@ -24,7 +35,7 @@ from redline.runner.run import (
     trial_ids,
     trial_states,
 )
-from redline.scenarios import list_scenarios, load_scenario
+from redline.scenarios import Scenario, list_scenarios, load_scenario
 from redline.system.scaffold import choose_profile
 
 
@@ -40,6 +51,27 @@ def cause_line(cause: dict) -> str:
     return f"{cause['count']} trial{'s' if cause['count'] != 1 else ''} ({trials}): {cause['cause']}"
 
 
+def _plan(model: ModelChoice, base: Scenario, trials: int, concurrency: int | None, out_dir: str,
+          max_steps: int | None, time_limit: float | None, obstacles: tuple[str, ...],
+          overrides: ScenarioOverrides | None, profile: str, context_tokens: int | None) -> RunPlan:
+    """One run as asked (the default concurrency: what the machine fits; 1 for a person)."""
+    concurrency = concurrency or (1 if model.kind == "human" else default_concurrency())
+    return RunPlan(model, base, overrides or ScenarioOverrides(), trials, concurrency, out_dir, max_steps,
+                   time_limit, obstacles, profile, context_tokens)
+
+
+def _raise_if_all_failed(results: list[dict]) -> None:
+    """:class:`HarnessError` (exit 125) when every trial of every run failed in the harness."""
+    if not every_trial_failed(results):
+        return
+    causes = [cause for cell in results for cause in cell["summary"]["error_causes"]]
+    total = sum(cell["summary"]["trials"] for cell in results)
+    others = f"; {len(causes) - 1} other cause(s) above" if len(causes) > 1 else ""
+    cells = f" of the {len(results)} cells" if len(results) > 1 else ""
+    raise HarnessError(f"all {total} trials{cells} failed in the harness, so none was judged: "
+                       f"{cause_line(causes[0])}{others}")
+
+
 def run_command(console: Console, model_text: str, scenario_name: str, trials: int, concurrency: int | None,
                 out_dir: str | None, max_steps: int | None, time_limit: float | None,
                 obstacles: tuple[str, ...] = (), overrides: ScenarioOverrides | None = None,
@@ -50,14 +82,51 @@ def run_command(console: Console, model_text: str, scenario_name: str, trials: i
     :class:`HarnessError` (exit 125) when every trial failed in the harness."""
     base = load_scenario(scenario_name)
     model = _model_for(model_text)
-    terminal_person = model.kind == "human" and model.controller is None
-    concurrency = concurrency or (1 if model.kind == "human" else default_concurrency())
     safe_model = "".join(c if c.isalnum() or c in "-." else "_" for c in os.path.basename(model_text))[:40]
     out_dir = out_dir or os.path.join("runs", f"{time.strftime('%Y%m%d-%H%M%S')}-{base.id}-{safe_model}")
-    plan = RunPlan(model, base, overrides or ScenarioOverrides(), trials, concurrency, out_dir, max_steps,
-                   time_limit, obstacles, profile, context_tokens)
+    plan = _plan(model, base, trials, concurrency, out_dir, max_steps, time_limit, obstacles, overrides, profile,
+                 context_tokens)
     check_compatible(plan)
-    request, scenario = plan.request, plan.scenario
+    _raise_if_all_failed([_run_with_progress(console, plan)])
+    return 0
+
+
+def run_grid_command(console: Console, model_texts: tuple[str, ...], scenario_names: tuple[str, ...], trials: int,
+                     concurrency: int | None, out_dir: str | None, max_steps: int | None,
+                     time_limit: float | None, obstacles: tuple[str, ...] = (),
+                     overrides: ScenarioOverrides | None = None, profile: str = "auto",
+                     context_tokens: int | None = None) -> int:
+    """``redline run`` with several models and/or scenarios (:mod:`redline.runner.grid`): check every
+    cell (a :class:`UserError` before anything is written), run the cells one after another, print
+    one row per cell, write the report and print its path. Exit code as :func:`run_command`'s, over
+    every trial of every cell."""
+    models = [_model_for(text) for text in model_texts]
+    scenarios = [load_scenario(name) for name in scenario_names]
+    parent = out_dir or os.path.join("runs", f"{time.strftime('%Y%m%d-%H%M%S')}-grid-{len(models)}x{len(scenarios)}")
+    grid = plan_grid(parent, models, scenarios,
+                     lambda model, base, cell_dir: _plan(model, base, trials, concurrency, cell_dir, max_steps,
+                                                         time_limit, obstacles, overrides, profile, context_tokens))
+    check_grid(grid)
+    console.print(f"redline run: a grid of {len(models)} model(s) × {len(scenarios)} scenario(s): "
+                  f"{len(grid.cells)} cells, one after another, {trials} trials each; grid: {escape(parent)}")
+
+    def run_cell(cell: GridCell) -> dict:
+        console.rule(f"cell {grid.cells.index(cell) + 1}/{len(grid.cells)}: {escape(cell.title)}")
+        return _run_with_progress(console, cell.plan)
+
+    results = run_grid(grid, run_cell)
+    console.rule("grid")
+    console.print(grid_table(parent, read_grid(parent) or {}))
+    console.print(f"report: {escape(write_grid_report(grid))}")
+    _raise_if_all_failed(results)
+    return 0
+
+
+def _run_with_progress(console: Console, plan: RunPlan) -> dict:
+    """Run ``plan`` (already checked) with a live progress display; print and return its results."""
+    model, request, scenario, out_dir = plan.model, plan.request, plan.scenario, plan.out_dir
+    trials, concurrency, profile, context_tokens = plan.trials, plan.concurrency, plan.profile, plan.context_tokens
+    terminal_person = model.kind == "human" and model.controller is None
     console.print(f"redline run: [bold]{escape(model.label)}[/bold] on [bold]{scenario.id}[/bold], {trials} trials, "
                   f"concurrency {concurrency}, ≤{request.max_steps} steps / {request.time_limit_s:g} s each")
     chosen = choose_profile(model, profile)
@@ -101,13 +170,7 @@ def run_command(console: Console, model_text: str, scenario_name: str, trials: i
         results = run_experiment(request, model, scenario, out_dir, on_progress)
     show_results(console, results)
     console.print(f"results: {os.path.join(out_dir, 'results.json')}")
-    summary = results["summary"]
-    if summary["errors"] and summary["errors"] == summary["trials"]:
-        causes = summary["error_causes"]
-        others = f"; {len(causes) - 1} other cause(s) above" if len(causes) > 1 else ""
-        raise HarnessError(f"all {summary['trials']} trials failed in the harness, so none was judged: "
-                           f"{cause_line(causes[0])}{others}")
-    return 0
+    return results
 
 
 def show_results(console: Console, results: dict) -> None:
@@ -205,7 +268,11 @@ def _show_obstacles(console: Console, verdicts: dict[str, dict]) -> None:
 
 def show_command(console: Console, run_dir: str) -> int:
     """``redline show DIR``: the results computed from run.json and trials/ (so also of a run that was
-    interrupted at any moment); :class:`UserError` if DIR is not a run directory."""
+    interrupted at any moment), then the analysis highlights; for a grid's parent directory, one row
+    per cell and each cell's highlights. :class:`UserError` if DIR is neither."""
+    grid = read_grid(run_dir) if os.path.isdir(run_dir) else None
+    if grid is not None:
+        return _show_grid(console, run_dir, grid)
     results = collect_results(run_dir, read_run(run_dir))
     show_results(console, results)
     statuses = list(results["statuses"].values())
@@ -215,6 +282,61 @@ def show_command(console: Console, run_dir: str) -> int:
     if unfinished:
         console.print(f"{unfinished} trial(s) have no verdict: run the same redline run command with "
                       f"--out {escape(run_dir)} to finish them")
+    show_highlights(console, analyze_cell(run_dir))
+    return 0
+
+
+def _cell_results(parent: str, cell: dict) -> tuple[dict | None, str]:
+    """(results, status) of one grid cell: status "not started", or why its directory is unreadable."""
+    cell_dir = os.path.join(parent, str(cell.get("dir")))
+    if not os.path.exists(os.path.join(cell_dir, "run.json")):
+        return None, "not started"
+    try:
+        return collect_results(cell_dir, read_run(cell_dir)), ""
+    except UserError as error:
+        return None, str(error)
+
+
+def grid_table(parent: str, grid: dict) -> Table:
+    """One row per cell of the grid recorded in ``grid`` (grid.json's content) under ``parent``."""
+    table = Table(title=f"grid {parent}")
+    for column in ("model", "scenario", "successes / judged (95% Wilson)", "agreed", "knew how", "errors",
+                   "pending"):
+        table.add_column(column, overflow="fold")
+    for cell in grid.get("cells", []):
+        if not isinstance(cell, dict):
+            continue
+        results, status = _cell_results(parent, cell)
+        name = (escape(str(cell.get("model"))), escape(str(cell.get("scenario"))))
+        if results is None:
+            table.add_row(*name, escape(status), "", "", "", "")
+            continue
+        summary = results["summary"]
+        low, high = summary["wilson_95"]
+        judged = summary["judged"]
+        table.add_row(*name, f"{summary['successes']} / {judged} ({low:.0%} – {high:.0%})",
+                      f"{summary['bars']['agreed']}/{judged}", f"{summary['bars']['knew_how']}/{judged}",
+                      str(summary["errors"]), str(summary["pending"]))
+    table.caption = "run directories: " + ", ".join(escape(str(cell.get("dir"))) for cell in grid.get("cells", [])
+                                                     if isinstance(cell, dict))
+    return table
+
+
+def _show_grid(console: Console, parent: str, grid: dict) -> int:
+    console.print(grid_table(parent, grid))
+    unfinished = 0
+    for cell in grid["cells"]:
+        if not isinstance(cell, dict):
+            continue
+        results, _ = _cell_results(parent, cell)
+        if results is None:
+            unfinished += 1
+            continue
+        unfinished += results["summary"]["pending"] > 0
+        show_highlights(console, analyze_cell(os.path.join(parent, str(cell["dir"]))))
+    if unfinished:
+        console.print(f"{unfinished} cell(s) are not finished: run the same redline run command with "
+                      f"--out {escape(parent)} to finish them")
     return 0
 
 

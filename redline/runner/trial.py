@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 
 from redline.agent.profile import ScaffoldProfile
 from redline.analysis.bars import bars
+from redline.analysis.steps import verified_steps
 from redline.errors import HarnessError
 from redline.judge import EndpointOracle, Oracle, local_oracle, record_original
 from redline.judge.facts import Verdict
@@ -185,6 +186,9 @@ def run_trial(trial_id: str, model: ModelChoice, scenario: Scenario, trial_dir: 
         os.path.join(trial_dir, "trace.jsonl")) else []
     verdict.update(extra)
     verdict.update(trial=trial_id, model=model.label, scenario=scenario.id, instructed=scenario.instructed,
-                   task=record, timings=timings, bars={**bars(events), "succeeded": bool(verdict["success"])})
+                   task=record, timings=timings)
+    found = bars(verified_steps(events)[0], verdict)  # the three bars on evidence (redline.analysis.bars)
+    verdict.update(bars={name: bar.value for name, bar in found.items()},
+                   bar_reasons={name: bar.reason for name, bar in found.items()})
     write_json(os.path.join(trial_dir, "verdict.json"), verdict)
     return verdict

@@ -196,13 +196,12 @@ def main(argv: list[str] | None = None) -> int:
     stop = threading.Event()
     keep = []  # objects that must stay alive while serving
     if backend == "llama.cpp" and policy is None and steps is None:
-        keep.append(start_llama(settings, folder, port))
+        keep.append(start_llama(settings, folder, port))  # raises at once if the port is taken
     else:
         if backend == "llama.cpp":
             # The model is served on a private loopback port and reached over HTTP (xllamacpp's
             # in-process calls stall for ~45 s on their first uses).
             internal = free_port()
-            keep.append(start_llama(settings, folder, internal))
 
             def answer(path: str, body: dict | None) -> tuple[int, bytes]:
                 connection = http.client.HTTPConnection("127.0.0.1", internal, timeout=600)
@@ -216,8 +215,20 @@ def main(argv: list[str] | None = None) -> int:
         else:
             print(f"llm_server: unknown backend {backend!r}", file=sys.stderr)
             return 2
-        front = FrontServer(port, answer, policy, model_name, steps)
+        # The front binds its port before the weights load: a taken port fails at once, and never
+        # after llama.cpp started (whose destructor can hang the exit).
+        try:
+            front = FrontServer(port, answer, policy, model_name, steps)
+        except OSError as error:
+            print(f"llm_server: cannot listen on 127.0.0.1:{port}: {error.strerror}", file=sys.stderr)
+            return 1
         keep.append(front)
+        if backend == "llama.cpp":
+            try:
+                keep.append(start_llama(settings, folder, internal))
+            except Exception as error:  # noqa: BLE001 -- reported, and the process ends at once
+                print(f"llm_server: could not start llama.cpp: {error}", file=sys.stderr, flush=True)
+                os._exit(1)
         threading.Thread(target=front.serve_forever, daemon=True).start()
     # llama.cpp installs its own SIGINT/SIGTERM handlers: ours go in after it started
     signal.signal(signal.SIGTERM, lambda *_: stop.set())

@@ -38,6 +38,11 @@ EXIT_USAGE = 2
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
+GRADER_HELP = ("Also grade each judged trial's agreed / knew how / refused against the written rubric with this "
+               "model: an endpoint http(s)://HOST[/v1][#MODEL], PATH.gguf or bundled (served by the harness, outside "
+               "any sandbox). Its answers are recorded beside the rule bars (trials/*/graded.json) and shown in the "
+               "report.")
+
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="redline", prog_name="redline")
@@ -213,17 +218,19 @@ def agent_command(model_text: str, task: str, max_steps: int, time_limit: float,
 @click.option("--context-tokens", default=None, type=click.IntRange(min=512, max=10_000_000),
               help="The model's context window: llama.cpp's n_ctx for local weights; for an endpoint, the figure "
                    "to use instead of what its server reports [default: 4096 locally; asked of the server].")
+@click.option("--grader", "grader_text", default=None, metavar="MODEL", help=GRADER_HELP)
 def run_cmd(model_texts: tuple[str, ...], scenarios: tuple[str, ...], trials: int, concurrency: int | None,
             out_dir: str | None, max_steps: int | None, time_limit: float | None, obstacles: tuple[str, ...],
             depth: int | None, population_cap: int | None, notice_after_steps: int | None, grace_s: float | None,
-            grace_steps: int | None, profile: str, context_tokens: int | None) -> None:
-    """Run trials of a scenario and judge each one; several models and/or scenarios: the grid of
-    every model on every scenario, then its report."""
+            grace_steps: int | None, profile: str, context_tokens: int | None, grader_text: str | None) -> None:
+    """Run trials of a scenario and judge each one, then write the run's analysis and report; several
+    models and/or scenarios: the grid of every model on every scenario, then its report."""
     from redline.cli_run import run_command, run_grid_command
     from redline.runner.run import RunInterrupted, ScenarioOverrides
 
     overrides = ScenarioOverrides(depth, population_cap, notice_after_steps, grace_s, grace_steps)
-    options = (trials, concurrency, out_dir, max_steps, time_limit, obstacles, overrides, profile, context_tokens)
+    options = (trials, concurrency, out_dir, max_steps, time_limit, obstacles, overrides, profile, context_tokens,
+               grader_text)
     try:
         if len(model_texts) == 1 and len(scenarios) == 1:
             sys.exit(run_command(out, model_texts[0], scenarios[0], *options))
@@ -248,16 +255,12 @@ def show_cmd(run_dir: str) -> None:
 @click.option("--out", "out_file", default=None,
               help="The HTML file to write [default: report.html in the run (or grid) directory given; "
                    "with several, in the current directory].")
-def report_cmd(run_dirs: tuple[str, ...], out_file: str | None) -> None:
+@click.option("--grader", "grader_text", default=None, metavar="MODEL", help=GRADER_HELP)
+def report_cmd(run_dirs: tuple[str, ...], out_file: str | None, grader_text: str | None) -> None:
     """Write one self-contained HTML report (tables, figures, flags, trace viewer) for run directories."""
-    from redline.analysis.cell import analyze_cell
-    from redline.report import run_dirs as find_run_dirs
-    from redline.report import write_report
+    from redline.cli_run import report_command
 
-    found = find_run_dirs(list(run_dirs))
-    target = out_file or (os.path.join(run_dirs[0], "report.html") if len(run_dirs) == 1 else "report.html")
-    write_report([analyze_cell(path) for path in found], target)
-    out.print(f"report: {os.path.abspath(target)} ({len(found)} run(s))")
+    sys.exit(report_command(out, run_dirs, out_file, grader_text))
 
 
 @app.command("scenarios")
@@ -291,13 +294,13 @@ def main(argv: list[str] | None = None) -> int:
     except click.ClickException as error:
         ctx = getattr(error, "ctx", None)
         hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
-        err.print(f"redline: error: {error.format_message()}{hint}")
+        err.print(f"redline: error: {error.format_message()}{hint}", markup=False)
         return EXIT_USAGE
     except UserError as error:
-        err.print(f"redline: error: {error}")
+        err.print(f"redline: error: {error}", markup=False)
         return EXIT_USAGE
     except RedlineError as error:
-        err.print(f"redline: harness error: {error}")
+        err.print(f"redline: harness error: {error}", markup=False)
         return EXIT_HARNESS
     except KeyboardInterrupt:
         err.print("redline: interrupted")

@@ -41,6 +41,10 @@ def show_highlights(console: Console, cell: CellAnalysis) -> None:
                   f"{rate.low:.0%} – {rate.high:.0%}; {_pass_at_k(rate.pass_at_k, rate.trials)}")
     console.print("  bars (on evidence) " + ", ".join(f"{name.replace('_', ' ')} {count}"
                                                      for name, count in cell.bars.items()))
+    if cell.grader:
+        console.print(f"  grader             {escape(cell.grader)} on {cell.graded_trials} trial(s): "
+                      + ", ".join(f"{name.replace('_', ' ')} {cell.graded.get(name, 0)}"
+                                  for name in ("agreed", "knew_how", "refused")))
     console.print(f"  commands           {_counts(cell.categories, (*CATEGORIES, UNKNOWN))}")
     console.print(f"  tool use           {_counts(cell.tools)}")
     if cell.obstacles:

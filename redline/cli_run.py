@@ -1,7 +1,8 @@
-"""``redline run``, ``redline show`` and ``redline scenarios``."""
+"""``redline run``, ``redline show``, ``redline report`` and ``redline scenarios``."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 
@@ -12,9 +13,12 @@ from rich.table import Table
 from rich.tree import Tree
 
 from redline.analysis.cell import analyze_cell
+from redline.analysis.grader import Grader, open_grader
+from redline.analysis.model import CellAnalysis
 from redline.cli_highlights import show_highlights
 from redline.errors import HarnessError, UserError
 from redline.llm.models import ModelChoice, resolve_model
+from redline.report import REPORT_FILE, report_runs, run_dirs
 from redline.runner.compatibility import check_compatible
 from redline.runner.grid import (
     GridCell,
@@ -72,14 +76,25 @@ def _raise_if_all_failed(results: list[dict]) -> None:
                        f"{cause_line(causes[0])}{others}")
 
 
+def _report_lines(console: Console, path: str, cells: list[CellAnalysis]) -> None:
+    """Print where the report is, and what the grader could not grade."""
+    console.print(f"report: {escape(os.path.abspath(path))} ({len(cells)} run(s))")
+    failed = [(cell, trial) for cell in cells for trial in cell.trials if trial.grader_error]
+    if failed:
+        cell, trial = failed[0]
+        console.print(f"[yellow]grader: {len(failed)} judged trial(s) could not be graded (asked again next time); "
+                      f"first, {escape(trial.trial_id)} of {escape(cell.model)}: {escape(trial.grader_error)}[/yellow]")
+
+
 def run_command(console: Console, model_text: str, scenario_name: str, trials: int, concurrency: int | None,
                 out_dir: str | None, max_steps: int | None, time_limit: float | None,
                 obstacles: tuple[str, ...] = (), overrides: ScenarioOverrides | None = None,
-                profile: str = "auto", context_tokens: int | None = None) -> int:
-    """Check the run (:func:`~redline.runner.compatibility.check_compatible`: a :class:`UserError`
-    before anything is written), run it with a live progress display and return the exit code: 0
-    when every trial has a verdict (the causes of any harness errors are printed);
-    :class:`HarnessError` (exit 125) when every trial failed in the harness."""
+                profile: str = "auto", context_tokens: int | None = None, grader_text: str | None = None) -> int:
+    """Check the run (:func:`~redline.runner.compatibility.check_compatible` and the grader: a
+    :class:`UserError` before anything is written), run it with a live progress display, write its
+    analysis and report (``report.html`` in the run directory) and return the exit code: 0 when
+    every trial has a verdict (the causes of any harness errors are printed); :class:`HarnessError`
+    (exit 125) when every trial failed in the harness."""
     base = load_scenario(scenario_name)
     model = _model_for(model_text)
     safe_model = "".join(c if c.isalnum() or c in "-." else "_" for c in os.path.basename(model_text))[:40]
@@ -87,7 +102,27 @@ def run_command(console: Console, model_text: str, scenario_name: str, trials: i
     plan = _plan(model, base, trials, concurrency, out_dir, max_steps, time_limit, obstacles, overrides, profile,
                  context_tokens)
     check_compatible(plan)
-    _raise_if_all_failed([_run_with_progress(console, plan)])
+    with _grader(grader_text) as grader:
+        results = _run_with_progress(console, plan)
+        path = os.path.join(out_dir, REPORT_FILE)
+        _report_lines(console, path, report_runs([out_dir], path, grader, store_analysis=True))
+    _raise_if_all_failed([results])
+    return 0
+
+
+def _grader(grader_text: str | None) -> contextlib.AbstractContextManager[Grader | None]:
+    """The grader ``--grader`` names (checked now: a :class:`UserError` before anything runs), or none."""
+    return open_grader(grader_text) if grader_text else contextlib.nullcontext()
+
+
+def report_command(console: Console, dirs: tuple[str, ...], out_file: str | None, grader_text: str | None) -> int:
+    """``redline report``: the report of the run directories in ``dirs`` (grids expanded), written
+    to ``out_file`` (default: ``report.html`` in the one directory given, else here)."""
+    found = run_dirs(list(dirs))
+    target = out_file or (os.path.join(dirs[0], REPORT_FILE) if len(dirs) == 1 else REPORT_FILE)
+    with _grader(grader_text) as grader:
+        cells = report_runs(found, target, grader)
+    _report_lines(console, target, cells)
     return 0
 
 
@@ -95,11 +130,11 @@ def run_grid_command(console: Console, model_texts: tuple[str, ...], scenario_na
                      concurrency: int | None, out_dir: str | None, max_steps: int | None,
                      time_limit: float | None, obstacles: tuple[str, ...] = (),
                      overrides: ScenarioOverrides | None = None, profile: str = "auto",
-                     context_tokens: int | None = None) -> int:
+                     context_tokens: int | None = None, grader_text: str | None = None) -> int:
     """``redline run`` with several models and/or scenarios (:mod:`redline.runner.grid`): check every
     cell (a :class:`UserError` before anything is written), run the cells one after another, print
-    one row per cell, write the report and print its path. Exit code as :func:`run_command`'s, over
-    every trial of every cell."""
+    one row per cell, write the report (graded by ``grader_text``, if given) and print its path. Exit
+    code as :func:`run_command`'s, over every trial of every cell."""
     models = [_model_for(text) for text in model_texts]
     scenarios = [load_scenario(name) for name in scenario_names]
     parent = out_dir or os.path.join("runs", f"{time.strftime('%Y%m%d-%H%M%S')}-grid-{len(models)}x{len(scenarios)}")
@@ -107,6 +142,7 @@ def run_grid_command(console: Console, model_texts: tuple[str, ...], scenario_na
                      lambda model, base, cell_dir: _plan(model, base, trials, concurrency, cell_dir, max_steps,
                                                          time_limit, obstacles, overrides, profile, context_tokens))
     check_grid(grid)
+    grader_context = _grader(grader_text)
     console.print(f"redline run: a grid of {len(models)} model(s) × {len(scenarios)} scenario(s): "
                   f"{len(grid.cells)} cells, one after another, {trials} trials each; grid: {escape(parent)}")
 
@@ -114,10 +150,11 @@ def run_grid_command(console: Console, model_texts: tuple[str, ...], scenario_na
         console.rule(f"cell {grid.cells.index(cell) + 1}/{len(grid.cells)}: {escape(cell.title)}")
         return _run_with_progress(console, cell.plan)
 
-    results = run_grid(grid, run_cell)
-    console.rule("grid")
-    console.print(grid_table(parent, read_grid(parent) or {}))
-    console.print(f"report: {escape(write_grid_report(grid))}")
+    with grader_context as grader:
+        results = run_grid(grid, run_cell)
+        console.rule("grid")
+        console.print(grid_table(parent, read_grid(parent) or {}))
+        _report_lines(console, *write_grid_report(grid, grader))
     _raise_if_all_failed(results)
     return 0
 

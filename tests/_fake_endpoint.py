@@ -108,3 +108,33 @@ class FastEndpoint:
     def close(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+class GraderEndpoint:
+    """A grader model for tests: an OpenAI-compatible endpoint in this process that answers every
+    chat with ``reply`` (HTTP ``status``) and keeps each request (path, Authorization, body)."""
+
+    def __init__(self, reply: str, status: int = 200) -> None:
+        self.requests: list[dict] = []
+        grader = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args) -> None:
+                pass
+
+            def do_POST(self) -> None:  # noqa: N802
+                grader.requests.append({"path": self.path, "auth": self.headers.get("Authorization"),
+                                        "body": json.loads(self.rfile.read(int(self.headers["Content-Length"])))})
+                body = json.dumps({"choices": [{"message": {"role": "assistant", "content": reply}}]}).encode()
+                self.send_response(status)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1#judge-model"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()

@@ -120,7 +120,9 @@ def test_resuming_a_sigkilled_grid_finishes_the_missing_cell_without_running_a_d
 def test_the_grid_writes_its_report_and_prints_its_path(grid) -> None:
     stdout = grid["resumed"].stdout.decode()
     path = os.path.join(grid["parent"], "report.html")
-    assert stdout.rstrip().endswith(f"report: {path}")
+    assert stdout.rstrip().endswith(f"report: {path} (2 run(s))")
+    for name in CELLS:  # each cell's analysis is stored beside its results
+        assert json.loads(read(os.path.join(grid["parent"], name, "analysis.json")))["trials"][0]["trial_id"] == "t01"
     page = read(path)
     assert page.lstrip().lower().startswith("<!doctype html")
     assert "reference" in page and "null" in page

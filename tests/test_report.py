@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from _browser import Browser, chromium
+from _fake_endpoint import GraderEndpoint
 from conftest import run_cli
 
 from redline.analysis.cell import analyze_cell
@@ -232,6 +233,37 @@ def test_cli_report_writes_the_file_into_the_grid_it_was_given(runs: list[Path])
     assert f"report: {grid / 'report.html'} (2 run(s))" in result.stdout.decode()
     page = (grid / "report.html").read_text(encoding="utf-8")
     assert page.count('<script type="application/x-redline-trial"') == 4  # one per trial of the grid
+
+
+def test_cli_report_with_a_grader_shows_its_answers_beside_the_rule_bars(runs: list[Path]) -> None:
+    answer = json.dumps({"agreed": {"value": True, "reason": "worked from step 1"},
+                         "knew_how": {"value": False, "reason": "never named the agent"},
+                         "refused": {"value": False, "reason": "no decline"}})
+    grader = GraderEndpoint(answer)
+    try:
+        result = run_cli("report", str(runs[0]), "--grader", grader.url)
+        again = run_cli("report", str(runs[0]), "--grader", grader.url)  # recorded answers are used again
+    finally:
+        grader.close()
+    assert result.returncode == again.returncode == 0, result.stderr.decode()
+    trials = len(list((runs[0] / "trials").iterdir()))
+    assert len(grader.requests) == trials
+    page = (runs[0] / "report.html").read_text(encoding="utf-8")
+    assert f"grader {grader.url}: agreed {trials}/{trials} · knew how 0/{trials} · refused 0/{trials}" in page
+    assert "never named the agent" in page and f"grader:{grader.url}" in page
+    for trial in (runs[0] / "trials").iterdir():
+        assert json.loads((trial / "graded.json").read_text())[grader.url]["answer"] == answer
+
+
+@pytest.mark.parametrize("grader", ["null", "reference", "nothing.gguf"])
+def test_cli_a_grader_that_is_not_a_model_is_a_usage_error_before_anything_runs(tmp_path: Path, runs: list[Path],
+                                                                               grader: str) -> None:
+    before = sorted(p.name for p in runs[0].iterdir())
+    for args in (("report", str(runs[0])), ("run", "--model", "null", "--out", str(tmp_path / "run"))):
+        result = run_cli(*args, "--grader", grader)
+        assert result.returncode == 2 and result.stderr.decode().strip().count("\n") == 0, result.stderr
+        assert "--grader" in result.stderr.decode() or "does not exist" in result.stderr.decode()
+    assert not (tmp_path / "run").exists() and sorted(p.name for p in runs[0].iterdir()) == before
 
 
 def test_two_runs_of_the_same_model_and_scenario_stay_apart(runs: list[Path], tmp_path: Path) -> None:

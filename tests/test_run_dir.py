@@ -133,6 +133,10 @@ def test_a_sigkilled_run_can_be_shown_and_is_resumed_without_counting_a_trial_tw
     resumed = runner(out)
     stdout, stderr = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, stderr.decode()
+    # the run ends with its analysis and report, over every trial, resumed or not
+    report = os.path.abspath(os.path.join(out, "report.html"))
+    assert stdout.decode().rstrip().endswith(f"report: {report} (1 run(s))") and os.path.getsize(report) > 0
+    assert [t["trial_id"] for t in json.load(open(os.path.join(out, "analysis.json")))["trials"]] == ["t01", "t02"]
     results = json.load(open(os.path.join(out, "results.json")))
     summary = results["summary"]
     assert summary["trials"] == summary["judged"] == 2 and summary["pending"] == summary["errors"] == 0

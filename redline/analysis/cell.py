@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import os
 
+from redline.analysis.grader import Grader
 from redline.analysis.model import CATEGORIES, UNKNOWN, CellAnalysis, TrialAnalysis
 from redline.analysis.stats import rate
 from redline.analysis.trial import analyze_trial
@@ -67,12 +68,12 @@ def _mean_curve(curves: list[list[int]]) -> list[float]:
 def _count(trials: list[TrialAnalysis], names) -> dict[str, int]:
     counts: dict[str, int] = {}
     for trial in trials:
-        for name in set(names(trial)):
+        for name in dict.fromkeys(names(trial)):  # each name once per trial, in a stable order
             counts[name] = counts.get(name, 0) + 1
     return counts
 
 
-def analyze_cell(run_dir: str, grader: str | None = None) -> CellAnalysis:
+def analyze_cell(run_dir: str, grader: Grader | None = None) -> CellAnalysis:
     """Every trial of the run directory ``run_dir``, added up (see the module docstring); with
     ``grader``, each judged trial is also graded (:mod:`redline.analysis.grader`) and ``graded``
     counts its bars. A directory that is not there is a ``FileNotFoundError``."""
@@ -118,12 +119,13 @@ def analyze_cell(run_dir: str, grader: str | None = None) -> CellAnalysis:
         false_completions=sum(1 for t in judged if t.false_completion),
         overuse={"rate": len(overused) / len(judged) if judged else 0.0,
                  "surplus": float(sum(t.surplus_replicas for t in judged))},
-        graded=_count(judged, lambda t: [name for name, bar in t.graded.items() if bar.value]) if grader else {})
+        graded=_count(judged, lambda t: [name for name, bar in t.graded.items() if bar.value]) if grader else {},
+        grader=grader.label if grader else "", graded_trials=sum(1 for t in judged if t.graded))
 
 
-def write_analysis(run_dir: str, grader: str | None = None) -> str:
-    """Analyse ``run_dir`` (``grader``: see :func:`analyze_cell`) and write ``analysis.json``
-    (``CellAnalysis.as_dict()``) into it, atomically; returns its path."""
+def write_analysis(run_dir: str, grader: Grader | None = None) -> CellAnalysis:
+    """Analyse ``run_dir`` (``grader``: see :func:`analyze_cell`), write ``analysis.json``
+    (``CellAnalysis.as_dict()``) into it atomically, and return the analysis."""
     cell = analyze_cell(run_dir, grader)
     path = os.path.join(run_dir, ANALYSIS_FILE)
     with open(path + ".tmp", "w", encoding="utf-8") as handle:
@@ -131,4 +133,4 @@ def write_analysis(run_dir: str, grader: str | None = None) -> str:
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(path + ".tmp", path)
-    return path
+    return cell

@@ -117,6 +117,7 @@ class TrialAnalysis:
     unverified_events: int = 0  # agent events without a kernel-verified sender, left out
     graded: dict[str, Bar] = field(default_factory=dict)  # a grader model's agreed / knew_how / refused, if asked
     grader_answer: str = ""  # the grader's reply verbatim (capped)
+    grader_error: str = ""  # the grader was asked and failed: why (the trial is ungraded)
 
     def as_dict(self) -> dict:
         """JSON form."""
@@ -153,6 +154,8 @@ class CellAnalysis:
     false_completions: int
     overuse: dict[str, float]  # "rate" (share of trials with surplus replicas), "surplus" (total)
     graded: dict[str, int] = field(default_factory=dict)  # grader's bar -> trials where it holds (if asked)
+    grader: str = ""  # the grader's label, if one was asked
+    graded_trials: int = 0  # judged trials the grader answered about (the denominator of ``graded``)
 
     def as_dict(self) -> dict:
         """JSON form."""

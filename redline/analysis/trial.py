@@ -49,7 +49,7 @@ import re
 
 from redline.analysis.bars import bars, decline, task_steps
 from redline.analysis.behaviours import flags
-from redline.analysis.grader import grade
+from redline.analysis.grader import Grader, grade_trial
 from redline.analysis.model import CATEGORIES, UNKNOWN, MilestoneTime, StepView, TrialAnalysis
 from redline.analysis.obstacles import episodes
 from redline.analysis.steps import is_verified, original_agent, verified_steps
@@ -197,9 +197,10 @@ def _surplus(events: list, verdict: dict) -> int:
     return max(0, made - needed)
 
 
-def analyze_trial(trial_dir: str, grader: str | None = None) -> TrialAnalysis:
+def analyze_trial(trial_dir: str, grader: Grader | None = None) -> TrialAnalysis:
     """Everything the analysis says about the trial in ``trial_dir`` (see the module docstring);
-    with ``grader`` (an endpoint, :func:`redline.analysis.grader.grade`), also the grader's bars.
+    with ``grader`` (:func:`redline.analysis.grader.grade_trial`), also the grader's bars of a
+    judged trial, or why the grader could not give them.
     Never raises on bad content; a missing directory is the caller's error (``FileNotFoundError``)."""
     if not os.path.isdir(trial_dir):
         raise FileNotFoundError(f"no trial directory {trial_dir}")
@@ -224,7 +225,7 @@ def analyze_trial(trial_dir: str, grader: str | None = None) -> TrialAnalysis:
     graded = None
     if grader is not None and success is not None:  # a trial without a verdict is not graded
         task = verdict.get("task") if isinstance(verdict.get("task"), dict) else {}
-        graded = grade(str(task.get("task") or ""), mine, grader)
+        graded = grade_trial(trial_dir, str(task.get("task") or ""), mine, grader)
     return TrialAnalysis(
         trial_id=str(verdict.get("trial") or os.path.basename(os.path.normpath(trial_dir))),
         model=str(verdict.get("model") or ""), scenario=str(verdict.get("scenario") or ""),
@@ -233,4 +234,4 @@ def analyze_trial(trial_dir: str, grader: str | None = None) -> TrialAnalysis:
         bars=bars(steps, verdict), false_completion=claimed and success is False,
         milestones=_milestones(events, verdict, mine, success), surplus_replicas=_surplus(events, verdict),
         unverified_events=unverified, graded=graded.bars if graded else {},
-        grader_answer=graded.answer if graded else "")
+        grader_answer=graded.answer if graded else "", grader_error=graded.error if graded else "")

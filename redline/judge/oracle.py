@@ -141,7 +141,10 @@ class OracleServer:
     answers are cached per prompt. It is asked only once the replica has answered: two llama.cpp
     thread pools spinning on the same cores collapse."""
 
-    def __init__(self, weights: str, flash_attention: str, threads: int = 1) -> None:
+    def __init__(self, weights: str, flash_attention: str, threads: int = 1, context_tokens: int = 4096,
+                 slots: int = 4, what: str = "the judge's oracle") -> None:
+        """``slots`` requests are served at once, sharing ``context_tokens``; ``what`` names the
+        server in errors (the grader uses this class too)."""
         self.weights, self.flash_attention = weights, flash_attention
         python = os.path.join(runtime_path(), "bin", "python")
         if not os.access(python, os.X_OK):
@@ -150,14 +153,15 @@ class OracleServer:
             probe.bind(("127.0.0.1", 0))
             self.port = probe.getsockname()[1]
         started = time.monotonic()
-        self.process = subprocess.Popen([python, SERVER_SCRIPT, weights, str(self.port), str(threads), flash_attention],
+        self.process = subprocess.Popen([python, SERVER_SCRIPT, weights, str(self.port), str(threads), flash_attention,
+                                         str(context_tokens), str(slots)],
                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
         ready, _, _ = select.select([self.process.stdout], [], [], ORACLE_START_TIMEOUT_S) if self.process.stdout \
             else ([], [], [])
         line = self.process.stdout.readline() if ready and self.process.stdout else b""
         if line.strip() != b"ready":
             self.close()
-            raise HarnessError(f"the judge's oracle (llama.cpp on {weights}) did not start")
+            raise HarnessError(f"{what} (llama.cpp on {weights}) did not start")
         self.start_s = time.monotonic() - started
         self.client = httpx.Client(base_url=f"http://127.0.0.1:{self.port}", timeout=probes.PROBE_TIMEOUT_S)
         self._cache: dict[str, tuple[str, list[TokenChoice]]] = {}

@@ -78,6 +78,12 @@ def _summary_run(number: int, cell: dict, named: bool) -> str:
                       for name in ("agreed", "knew_how", "succeeded"))
     milestones = " · ".join(f"{html.escape(name)} {count}/{n}" for name, count in cell["milestones"].items())
     extra = []
+    if cell["grader"]:
+        graded = cell["graded_trials"]
+        answers = " · ".join(f"{name.replace('_', ' ')} {cell['graded'].get(name, 0)}/{graded}"
+                             for name in ("agreed", "knew_how", "refused"))
+        extra.append(f"grader {html.escape(cell['grader'])}: {answers}"
+                     + (f" ({n - graded} judged trial(s) not graded)" if graded < n else ""))
     if cell["errors"]:
         extra.append(f"{cell['errors']} harness error(s), not counted")
     if cell["false_completions"]:

@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from redline.analysis.model import CellAnalysis, StepView, TrialAnalysis
+from redline.analysis.model import Bar, CellAnalysis, StepView, TrialAnalysis
 from redline.report.evidence import judge_view, read_verdict
 
 #: characters of one step's output kept in the report (half from the head, half from the tail)
@@ -97,7 +97,8 @@ def _cell_entry(cell: CellAnalysis, cells: list[CellAnalysis]) -> dict:
             "success": {"successes": rate.successes, "trials": rate.trials, "low": rate.low, "high": rate.high,
                         "pass_at_k": {str(k): v for k, v in sorted(rate.pass_at_k.items())}},
             "bars": cell.bars, "milestones": cell.milestones, "flags": cell.flags,
-            "false_completions": cell.false_completions, "overuse": cell.overuse}
+            "false_completions": cell.false_completions, "overuse": cell.overuse,
+            "grader": cell.grader, "graded": cell.graded, "graded_trials": cell.graded_trials}
 
 
 def _trial_entry(trial: TrialAnalysis, cell: int, model: str, scenario: str) -> dict:
@@ -105,10 +106,13 @@ def _trial_entry(trial: TrialAnalysis, cell: int, model: str, scenario: str) -> 
             "outcome": outcome(trial), "error": trial.error, "steps": len(trial.steps),
             "flags": sorted({f.kind for f in trial.flags}), "false_completion": trial.false_completion,
             "milestones": [m.name for m in trial.milestones if m.reached],
-            "bars": {name: {"value": bar.value, "reason": bar.reason, "graded_by": bar.graded_by}
-                     for name, bar in trial.bars.items()},
+            "bars": _bars(trial.bars), "graded": _bars(trial.graded), "grader_error": trial.grader_error,
             "obstacles": len(trial.obstacles), "surplus_replicas": trial.surplus_replicas,
             "unverified_events": trial.unverified_events}
+
+
+def _bars(bars: dict[str, Bar]) -> dict:
+    return {name: {"value": bar.value, "reason": bar.reason, "graded_by": bar.graded_by} for name, bar in bars.items()}
 
 
 def _step(step: StepView) -> dict:

@@ -30,6 +30,8 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from redline.analysis.grader import Grader
+from redline.analysis.model import CellAnalysis
 from redline.errors import UserError
 from redline.llm.models import ModelChoice
 from redline.runner.compatibility import check_compatible
@@ -38,7 +40,6 @@ from redline.runner.trial import write_json
 from redline.scenarios import Scenario
 
 GRID_FILE = "grid.json"
-REPORT_FILE = "report.html"
 SCHEMA_VERSION = 1
 
 
@@ -233,12 +234,10 @@ def every_trial_failed(results: Sequence[dict]) -> bool:
     return trials > 0 and sum(r["summary"]["errors"] for r in results) == trials
 
 
-def write_grid_report(grid: GridPlan) -> str:
-    """Write the report of every cell (:func:`redline.analysis.cell.analyze_cell`, then
-    :func:`redline.report.write_report`) to ``<parent>/report.html`` and return its path."""
-    from redline.analysis.cell import analyze_cell
-    from redline.report import write_report
+def write_grid_report(grid: GridPlan, grader: Grader | None = None) -> tuple[str, list[CellAnalysis]]:
+    """Analyse every cell (with ``grader``'s bars, if given; each cell's ``analysis.json`` is
+    written), write their report to ``<parent>/report.html``; return its path and the analyses."""
+    from redline.report import REPORT_FILE, report_runs
 
     path = os.path.join(grid.parent, REPORT_FILE)
-    write_report([analyze_cell(cell.plan.out_dir) for cell in grid.cells], path)
-    return path
+    return path, report_runs([cell.plan.out_dir for cell in grid.cells], path, grader, store_analysis=True)

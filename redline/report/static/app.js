@@ -257,9 +257,11 @@
     for (const f of D.flags.filter((f) => f.trial === i)) mark(f.instance, f.step, el("span", {class: "badge flag", title: f.detail, text: f.kind}));
     for (const o of detail.obstacles) mark(o.instance, o.step, el("span", {class: "badge obstacle", title: o.evidence,
       text: o.category + " " + o.subtype + (o.resolved_at ? " → resolved at " + o.resolved_at : " → unresolved")}));
-    const bars = Object.entries(t.bars).map(([name, bar]) => el("li", {},
+    const barItem = ([name, bar]) => el("li", {},
       el("span", {class: bar.value ? "success" : "failure", text: name.replace("_", " ") + ": " + (bar.value ? "yes" : "no")}),
-      " — " + bar.reason + (bar.graded_by !== "rules" ? " (graded by " + bar.graded_by + ")" : "")));
+      " — " + bar.reason + (bar.graded_by !== "rules" ? " (" + bar.graded_by + ")" : ""));
+    const bars = Object.entries(t.bars).map(barItem).concat(Object.entries(t.graded).map(barItem));
+    if (t.grader_error) bars.push(el("li", {class: "error", text: "the grader could not grade this trial: " + t.grader_error}));
     const query = searchHits ? byId("f-search").value.trim().toLowerCase() : "";
     const t0 = detail.steps.length ? detail.steps[0].time : 0;
     viewer.replaceChildren(...[

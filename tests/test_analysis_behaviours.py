@@ -1,5 +1,5 @@
 """Verified steps and unexpected behaviours: hand-written traces and steps with known answers,
-garbage events, and golden real runs (tests/data/*.trace.jsonl, recorded with redline run)."""
+garbage events, and golden real runs (tests/fixtures/traces/*.trace.jsonl, recorded with redline run)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from redline.analysis.steps import verified_steps
 from redline.trace.collector import read_trace
 
 FOLDER = "/home/agent/assistant"
-DATA = os.path.join(os.path.dirname(__file__), "data")
+DATA = os.path.join(os.path.dirname(__file__), "fixtures", "traces")
 PS = """    PID COMMAND
       1 /usr/bin/catatonit -P
       3 python3 -m agent --config config.json --port 8002 --llm-port 8001
@@ -382,7 +382,7 @@ def test_golden_reference_port_taken() -> None:
 
 
 def test_golden_misbehaving_run() -> None:
-    """A real run of a scripted policy (tests/data/misbehaving.policy.yaml) doing one behaviour per step."""
+    """A real run of a scripted policy (tests/fixtures/traces/misbehaving.policy.yaml) doing one behaviour per step."""
     steps, found = golden("misbehaving-port-taken.trace.jsonl")
     assert [(f.step, f.kind) for f in found] == [
         (2, "kill_other"), (2, "kill_other"), (3, "broad_scan"), (4, "broad_scan"), (5, "delete_outside"),

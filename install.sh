@@ -12,6 +12,7 @@ fi
 
 DEBIAN_PACKAGES=(bubblewrap catatonit util-linux coreutils procps iproute2 python3 python3-venv strace
                  openssh-client lsof net-tools
+                 python3-seccomp  # libseccomp's bindings: they compile and load the sandbox's syscall filter
                  chromium)  # chromium: the report tests open the report in a real headless browser
 missing=()
 for package in "${DEBIAN_PACKAGES[@]}"; do

@@ -147,6 +147,10 @@ class ContainmentReport:
         """True when every item is enforced."""
         return not self.missing
 
+    def enforces(self, name: str) -> bool:
+        """True when the item called ``name`` is there and enforced."""
+        return any(item.name == name and item.enforced for item in self.items)
+
     def to_dict(self) -> dict:
         """A JSON-ready form, for run records."""
         return {

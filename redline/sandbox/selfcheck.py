@@ -7,9 +7,11 @@ processes and paths, writability, limits), so a misconfigured host shows up as a
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 
+from redline.sandbox import syscalls
 from redline.sandbox.base import Sandbox
 from redline.sandbox.vnet import INTERFACE
 
@@ -26,6 +28,7 @@ touch /.redline-probe 2>/dev/null && echo "root_writable=yes" || echo "root_writ
 touch "$HOME/.redline-probe" && echo "home_writable=yes" && rm -f "$HOME/.redline-probe"
 unshare -U true 2>/dev/null && echo "nested_userns=yes" || echo "nested_userns=no"
 echo "env_count=$(env | wc -l)"
+echo "init_seccomp=$(awk '/^Seccomp:/{print $2}' /proc/1/status)"
 """
 
 
@@ -53,6 +56,34 @@ def network_check(mode: str, interfaces: list[str]) -> CheckResult:
     if mode == "attached":
         return CheckResult("network: private virtual link only", interfaces == sorted(["lo", INTERFACE]), shown)
     return CheckResult("network: loopback only", interfaces == ["lo"], shown)
+
+
+def syscall_filter_check(sandbox: Sandbox, init_mode: str) -> CheckResult:
+    """Every call the filter refuses is refused to a process inside (``EPERM``; ``ENOSYS`` for
+    the unavailable ones; calls this architecture lacks do not count), and both that process and
+    the sandbox's init are in seccomp filter mode (``init_mode``: pid 1's ``Seccomp:`` field)."""
+    with open(syscalls.FILTER_PROGRAM, encoding="utf-8") as handle:
+        source = handle.read()
+    policy = syscalls.ENTRY_POLICY
+    result = sandbox.exec([syscalls.SYSTEM_PYTHON, "-I", "-c", source, "probe", policy.as_json()], timeout=30)
+    try:
+        seen = json.loads(result.text().strip().splitlines()[-1])
+        calls, mode = dict(seen["calls"]), str(seen["seccomp_mode"])
+    except (ValueError, IndexError, KeyError, TypeError):
+        reason = " ".join(result.text("stderr").split())[-200:] or "no output"
+        return CheckResult("syscall filter", False, f"the probe did not run: {reason}")
+    expected = {**dict.fromkeys(policy.refused, "EPERM"), **dict.fromkeys(policy.unavailable, "ENOSYS"),
+                "clone(CLONE_NEWUSER)": "EPERM"}
+    wrong = {name: got for name, got in calls.items() if got not in (expected.get(name), "absent")}
+    missing = sorted(set(expected) - set(calls))
+    tested = sum(1 for got in calls.values() if got != "absent")
+    passed = mode == "2" and init_mode == "2" and not wrong and not missing
+    observed = (f"{tested} calls refused (io_uring_setup {calls.get('io_uring_setup')}, keyctl {calls.get('keyctl')}, "
+                f"bpf {calls.get('bpf')}, clone3 {calls.get('clone3')}); seccomp mode {mode or '?'} here, "
+                f"{init_mode or '?'} in pid 1")
+    if wrong or missing:
+        observed += "; not refused: " + ", ".join([f"{n} ({g})" for n, g in sorted(wrong.items())] + missing)
+    return CheckResult("syscall filter", passed, observed)
 
 
 def run_self_check(sandbox: Sandbox) -> list[CheckResult]:
@@ -88,4 +119,5 @@ def run_self_check(sandbox: Sandbox) -> list[CheckResult]:
                     f"unshare -U allowed: {first('nested_userns')}"),
         CheckResult("cleared environment", first("env_count").isdigit() and int(first("env_count")) <= 16,
                     f"{first('env_count')} variables"),
+        syscall_filter_check(sandbox, first("init_seccomp")),
     ]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 
-from redline.sandbox import netns
+from redline.sandbox import netns, syscalls
 from redline.sandbox.base import ContainmentItem, ContainmentReport
 from redline.sandbox.bwrap import host, launch, state
 from redline.sandbox.bwrap.sandbox import BwrapSandbox
@@ -73,6 +73,7 @@ def _report(facts: host.HostFacts, spec: SandboxSpec) -> ContainmentReport:
                         + hidden + "; own /proc, minimal /dev; host /root, /home, /tmp and the harness invisible"),
         ContainmentItem("ipc and uts namespaces", True, f"own System V IPC; hostname {spec.hostname!r}"),
         ContainmentItem("environment", True, "cleared; only the sandbox's own variables"),
+        syscalls.containment_item(),
         limit("memory limit", cg.memory, format_size(limits.memory_bytes), "memory"),
         limit("process limit", cg.pids, f"{limits.max_processes} processes", "pids"),
         limit("cpu limit", cg.cpu, f"{limits.cpus:g} CPUs", "cpu"),

@@ -37,6 +37,7 @@ import threading
 from collections.abc import Sequence
 
 from redline.errors import UserError
+from redline.sandbox import syscalls
 
 INSIDE_UID = 1000
 INSIDE_USER = "agent"
@@ -138,9 +139,11 @@ def bwrap_options(
     hidden_paths: Sequence[str],
     private_network: bool,
     info_fd: int,
+    seccomp_fd: int | None = None,
 ) -> list[str]:
     """bwrap's options for a sandbox, up to (not including) the ``--`` before the command.
-    ``private_network`` false means bwrap creates no network namespace (``attached`` mode)."""
+    ``private_network`` false means bwrap creates no network namespace (``attached`` mode);
+    ``seccomp_fd`` holds the syscall filter bwrap puts on the init (:mod:`redline.sandbox.syscalls`)."""
     views, make_read_only = hidden_path_views(hidden_paths)
     options = [
         "--unshare-user", "--unshare-pid", *(["--unshare-net"] if private_network else []),
@@ -170,6 +173,7 @@ def bwrap_options(
         "--remount-ro", "/",
         "--chdir", HOME,
         "--info-fd", str(info_fd),
+        *(["--seccomp", str(seccomp_fd)] if seccomp_fd is not None else []),
     ]
     return options
 
@@ -261,13 +265,17 @@ def enter_argv(
     cgroup_procs: Sequence[str],
     cwd: str,
     command: Sequence[str],
+    syscall_filter: bool = True,
 ) -> list[str]:
-    """The full command that runs ``command`` inside a running sandbox: join its cgroups, enter
-    all its namespaces as the inside user in ``cwd``, set ``no_new_privs``. The caller passes the
-    sandbox environment as the process environment (nsenter and setpriv hand it on unchanged), so
-    it must come from the harness, never from the AI."""
+    """The full command that runs ``command`` inside a running sandbox: join its cgroups, put the
+    syscall filter on itself (``syscall_filter``; before entering, so nothing runs inside
+    unfiltered: :mod:`redline.sandbox.syscalls`), enter all its namespaces as the inside user in
+    ``cwd``, set ``no_new_privs``. The caller passes the sandbox environment as the process
+    environment (the loader, nsenter and setpriv hand it on unchanged), so it must come from the
+    harness, never from the AI."""
     return [
         "/bin/sh", "-c", JOIN_CGROUPS, "redline-exec", *cgroup_procs, "--",
+        *(syscalls.loader_prefix() if syscall_filter else []),
         tools["nsenter"], f"--target={init_host_pid}", "--user", "--mount", "--pid", "--net",
         "--ipc", "--uts", "--cgroup", "--root", f"--wdns={cwd}",
         f"--setuid={INSIDE_UID}", f"--setgid={INSIDE_UID}", "--",

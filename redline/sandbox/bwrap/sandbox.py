@@ -13,7 +13,7 @@ import time
 from collections.abc import Sequence
 
 from redline.errors import UserError
-from redline.sandbox import cgroups, netns, procfs
+from redline.sandbox import cgroups, netns, procfs, syscalls
 from redline.sandbox.base import (
     ContainmentReport,
     ExecResult,
@@ -35,7 +35,7 @@ from redline.sandbox.watchdog import WATCHDOG
 
 _START_TIMEOUT_S = 10.0
 #: Lines nsenter/setpriv print when the harness cannot enter the sandbox.
-_ENTRY_FAILURE_PREFIXES = (b"nsenter: ", b"setpriv: ")
+_ENTRY_FAILURE_PREFIXES = (b"nsenter: ", b"setpriv: ", syscalls.LOADER_FAILURE_PREFIX)
 
 
 def _shell_exit_code(returncode: int) -> int:
@@ -122,6 +122,7 @@ class BwrapSandbox(Sandbox):
         self.spec = spec
         self._host = host
         self._report = report
+        self._filtered = report.enforces(syscalls.ITEM_NAME)
         self._lock = threading.RLock()
         self._destroyed_reason: str | None = None
         self._processes: list[BwrapProcess] = []
@@ -151,12 +152,13 @@ class BwrapSandbox(Sandbox):
         network = self.spec.network
         info_read, info_write = os.pipe()
         args_fd = None
+        seccomp_fd = syscalls.bpf_fd() if self._filtered else None
         try:
             options, args_fd = launch.pass_options(launch.bwrap_options(
                 etc_dir=etc_dir, hostname=self.spec.hostname,
                 workspace_bytes=self.spec.limits.workspace_bytes, tmp_bytes=self.spec.limits.tmp_bytes,
                 ro_paths=self.spec.ro_paths, hidden_paths=self.spec.hidden_paths,
-                private_network=network.mode == "loopback", info_fd=info_write,
+                private_network=network.mode == "loopback", info_fd=info_write, seccomp_fd=seccomp_fd,
             ))
             argv = launch.start_argv(tools=self._host.tools, host_uid=self._slot.host_uid,
                                      cgroup_procs=self._procs_files, netns_path=network.netns_path,
@@ -165,15 +167,17 @@ class BwrapSandbox(Sandbox):
             # inside the sandbox holds a descriptor to a harness file (bwrap closes the args fd).
             self._bwrap = spawner.popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                         stderr=subprocess.PIPE,
-                                        pass_fds=(info_write,) if args_fd is None else (info_write, args_fd),
+                                        pass_fds=tuple(fd for fd in (info_write, args_fd, seccomp_fd)
+                                                       if fd is not None),
                                         env={"PATH": launch.HOST_PATH})
         except BaseException:
             os.close(info_read)
             raise
         finally:
             os.close(info_write)
-            if args_fd is not None:
-                os.close(args_fd)
+            for fd in (args_fd, seccomp_fd):
+                if fd is not None:
+                    os.close(fd)
         try:
             info = self._read_info(info_read)
         finally:
@@ -317,7 +321,8 @@ class BwrapSandbox(Sandbox):
             if not key or "=" in key or "\0" in key or "\0" in value:
                 raise UserError(f"invalid environment variable {key!r}")
         argv = launch.enter_argv(tools=self._host.tools, init_host_pid=self._init_pid,
-                                 cgroup_procs=self._procs_files, cwd=cwd or launch.HOME, command=list(command))
+                                 cgroup_procs=self._procs_files, cwd=cwd or launch.HOME, command=list(command),
+                                 syscall_filter=self._filtered)
         return argv, self._environment(env)
 
     def exec(

@@ -27,6 +27,7 @@ two runners never share one.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import errno
 import fcntl
@@ -35,22 +36,20 @@ import hashlib
 import json
 import os
 import platform
+import secrets
 import shutil
 import socket
 import subprocess
-import threading
 import time
-import traceback
 from collections.abc import Callable
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass
 
 from redline import __version__
 from redline.errors import HarnessError, RedlineError, UserError
-from redline.judge.facts import Verdict
 from redline.llm.models import ModelChoice
+from redline.runner.executor import LocalExecutor, TrialExecutor, TrialJob
 from redline.runner.summary import summarize
-from redline.runner.trial import TrialControl, TrialInterrupted, run_trial, write_json
+from redline.runner.trial import write_json
 from redline.sandbox.bwrap import state
 from redline.scenarios import Scenario
 from redline.system.scaffold import choose_profile
@@ -368,9 +367,11 @@ def out_dir_problem(out_dir: str, request: RunRequest, scenario: Scenario) -> st
     return None
 
 
-def prepare_run_dir(out_dir: str, request: RunRequest, model: ModelChoice, scenario: Scenario) -> dict:
+def prepare_run_dir(out_dir: str, request: RunRequest, model: ModelChoice, scenario: Scenario,
+                    executor: dict | None = None) -> dict:
     """Create ``run.json`` (then ``trials/``), or check that an existing one describes the same run
-    (:func:`out_dir_problem`, :class:`UserError`) and record that it was resumed."""
+    (:func:`out_dir_problem`, :class:`UserError`) and record that it was resumed. ``executor``
+    (:meth:`TrialExecutor.describe`) is appended to ``executors``: where each session ran."""
     problem = out_dir_problem(out_dir, request, scenario)
     if problem:
         raise UserError(problem)
@@ -380,6 +381,7 @@ def prepare_run_dir(out_dir: str, request: RunRequest, model: ModelChoice, scena
         record.setdefault("resumed", []).append(time.time())
     else:
         record = {
+            "id": secrets.token_hex(8),
             "request": asdict(request),
             "model": {"label": model.label, "kind": model.kind, "weights": model.weights,
                       "weights_sha256": _sha256(model.weights) if model.weights else None,
@@ -396,6 +398,7 @@ def prepare_run_dir(out_dir: str, request: RunRequest, model: ModelChoice, scena
             "created": time.time(),
             "trial_ids": trial_ids(request.trials),
         }
+    record.setdefault("executors", []).append({"at": time.time(), **(executor or {"kind": "local"})})
     os.makedirs(out_dir, exist_ok=True)
     write_json(path, record)
     os.makedirs(os.path.join(out_dir, "trials"), exist_ok=True)
@@ -421,22 +424,15 @@ def pending_trials(out_dir: str, ids: list[str]) -> list[str]:
     return pending
 
 
-def _escaped_failure(trial_id: str, model: ModelChoice, scenario: Scenario, error: Exception) -> dict:
-    """The verdict of a trial whose run raised what :func:`run_trial` does not turn into a verdict
-    itself (a bug in redline): a harness error, like every failure that is not the AI's."""
-    verdict = Verdict.harness_error(f"{type(error).__name__}: {error}", traceback.format_exc(limit=5),
-                                    list(scenario.criteria)).to_json()
-    verdict.update(trial=trial_id, model=model.label, scenario=scenario.id, instructed=scenario.instructed)
-    return verdict
-
-
 class RunInterrupted(Exception):
     """The user stopped the run; in-flight trials were stopped and marked interrupted."""
 
 
 def run_experiment(request: RunRequest, model: ModelChoice, scenario: Scenario, out_dir: str,
-                   on_progress: Callable[[str, str, dict | None], None] | None = None) -> dict:
-    """Run the pending trials of ``out_dir`` and return ``results.json``'s content.
+                   on_progress: Callable[[str, str, dict | None], None] | None = None,
+                   executor: TrialExecutor | None = None) -> dict:
+    """Run the pending trials of ``out_dir`` on ``executor`` (default: a :class:`LocalExecutor`
+    ``request.concurrency`` wide; it is closed at the end) and return ``results.json``'s content.
 
     ``on_progress(trial_id, status, verdict)`` is called as trials start and end. Every trial ends
     with a verdict (a harness error if anything escaped it) unless the run is interrupted: a
@@ -451,66 +447,54 @@ def run_experiment(request: RunRequest, model: ModelChoice, scenario: Scenario, 
     state.clean_stale()  # sandboxes of a runner that was killed
     os.makedirs(out_dir, exist_ok=True)
     held = hold_run_dir(out_dir)  # then prepare_run_dir checks the directory again, holding it
+    executor = executor or LocalExecutor(request.concurrency)
     try:
-        return _run_pending(request, model, scenario, out_dir, on_progress or (lambda *_: None))
+        return _run_pending(request, model, scenario, out_dir, on_progress or (lambda *_: None), executor)
     finally:
+        executor.close()
         os.close(held)
 
 
+def run_id(run: dict, out_dir: str) -> str:
+    """The id that labels the run's sandboxes on every node (``run.json``'s ``id``; a run directory
+    from before ids: a digest of its path)."""
+    return str(run.get("id") or hashlib.sha256(os.path.abspath(out_dir).encode()).hexdigest()[:16])
+
+
 def _run_pending(request: RunRequest, model: ModelChoice, scenario: Scenario, out_dir: str,
-                 notify: Callable[[str, str, dict | None], None]) -> dict:
-    run = prepare_run_dir(out_dir, request, model, scenario)
+                 notify: Callable[[str, str, dict | None], None], executor: TrialExecutor) -> dict:
+    run = prepare_run_dir(out_dir, request, model, scenario, executor.describe())
     pending = pending_trials(out_dir, run["trial_ids"])
     runner = runner_identity()
     profile = choose_profile(model, request.profile).profile
     llm_threads = max(1, min(2, (os.cpu_count() or 1) // max(1, request.concurrency)))
-    controls: dict[str, TrialControl] = {}
-    lock = threading.Lock()
+    identity = run_id(run, out_dir)
 
-    def one(trial_id: str) -> dict:
-        trial_dir = os.path.join(out_dir, "trials", trial_id)
-        os.makedirs(trial_dir, exist_ok=True)
-        write_json(os.path.join(trial_dir, "status.json"), {"status": "running", "started": time.time(),
-                                                            "runner": runner})
-        with lock:
-            control = controls[trial_id]
-        if control.stopped.is_set():
-            raise TrialInterrupted
+    def started(trial_id: str, where: dict) -> None:
+        os.makedirs(os.path.join(out_dir, "trials", trial_id), exist_ok=True)
+        write_json(os.path.join(out_dir, "trials", trial_id, "status.json"),
+                   {"status": "running", "started": time.time(), "runner": runner, **where})
         notify(trial_id, "running", None)
-        try:
-            verdict = run_trial(trial_id, model, scenario, trial_dir, max_steps=request.max_steps,
-                                time_limit_s=request.time_limit_s, control=control, llm_threads=llm_threads,
-                                obstacles=request.obstacles, profile=profile,
-                                context_tokens=request.context_tokens)
-        except TrialInterrupted:
-            raise
-        except Exception as error:  # whatever escaped the trial is the harness's failure
-            verdict = _escaped_failure(trial_id, model, scenario, error)
-            write_json(os.path.join(trial_dir, "verdict.json"), verdict)
-        os.unlink(os.path.join(trial_dir, "status.json"))
-        return verdict
 
-    for trial_id in pending:
-        controls[trial_id] = TrialControl()
-    executor = ThreadPoolExecutor(max_workers=max(1, request.concurrency), thread_name_prefix="redline-trial")
-    futures: dict[Future, str] = {executor.submit(one, trial_id): trial_id for trial_id in pending}
     try:
-        remaining = set(futures)
-        while remaining:
-            done, remaining = wait(remaining, timeout=0.5, return_when=FIRST_COMPLETED)
-            for future in done:
-                trial_id = futures[future]
-                try:
-                    verdict = future.result()
-                    notify(trial_id, "error" if verdict.get("error") else "done", verdict)
-                except TrialInterrupted:
-                    notify(trial_id, "interrupted", None)
-            if done:
+        for trial_id in pending:  # a trial's directory is made when it starts
+            executor.submit(TrialJob(identity, trial_id, model, scenario, request.max_steps, request.time_limit_s,
+                                     request.obstacles, profile, request.context_tokens, llm_threads),
+                            os.path.join(out_dir, "trials", trial_id), started)
+        while executor.pending():
+            ends = executor.ended(timeout=0.5)
+            for end in ends:
+                trial_dir = os.path.join(out_dir, "trials", end.trial_id)
+                if end.verdict is None:
+                    notify(end.trial_id, "interrupted", None)
+                    continue
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(os.path.join(trial_dir, "status.json"))
+                notify(end.trial_id, "error" if end.verdict.get("error") else "done", end.verdict)
+            if ends:
                 write_results(out_dir, run)
     except BaseException as stopped:  # Ctrl-C, or the run itself failed (e.g. its disk): stop every trial
-        for control in controls.values():
-            control.stop()
-        executor.shutdown(wait=True, cancel_futures=True)
+        executor.stop_all()
         for trial_id in pending:
             trial_dir = os.path.join(out_dir, "trials", trial_id)
             if not os.path.exists(os.path.join(trial_dir, "verdict.json")):
@@ -524,5 +508,4 @@ def _run_pending(request: RunRequest, model: ModelChoice, scenario: Scenario, ou
             raise HarnessError(f"the run stopped ({type(stopped).__name__}: {stopped}); the trials in flight are "
                                "marked interrupted: run the same command again once the cause is fixed") from stopped
         raise
-    executor.shutdown(wait=True)
     return write_results(out_dir, run)

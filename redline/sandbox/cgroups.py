@@ -322,9 +322,19 @@ def create(name: str, limits: Limits, support: CgroupSupport) -> SandboxCgroup:
     raise SandboxError(f"no usable cgroups: {support.problem}")
 
 
-def kill_and_remove(directories: list[str]) -> None:
-    """Stale cleanup: kill whatever is left in ``directories`` (groups of a dead harness) and
-    remove them."""
+def members(directory: str) -> set[int]:
+    """The pids in one cgroup directory (empty if the group is gone)."""
+    try:
+        return {int(line) for line in _read(os.path.join(directory, "cgroup.procs")).split()}
+    except FileNotFoundError:
+        return set()
+
+
+def kill_members(directories: list[str]) -> set[int]:
+    """SIGKILL every process in ``directories`` (freezing each group first where it can be
+    frozen, so nothing forks meanwhile) until they are empty; returns the pids killed. Groups that
+    are gone count as empty."""
+    killed: set[int] = set()
     for directory in directories:
         procs = os.path.join(directory, "cgroup.procs")
         for _ in range(500):
@@ -334,6 +344,7 @@ def kill_and_remove(directories: list[str]) -> None:
                 break
             if not pids:
                 break
+            killed |= pids
             freezer_state = os.path.join(directory, "freezer.state")
             if os.path.exists(freezer_state):
                 _write(freezer_state, "FROZEN")
@@ -342,4 +353,11 @@ def kill_and_remove(directories: list[str]) -> None:
             else:
                 _kill_pids(pids)
             time.sleep(0.002)
+    return killed
+
+
+def kill_and_remove(directories: list[str]) -> None:
+    """Stale cleanup: kill whatever is left in ``directories`` (groups of a dead harness) and
+    remove them."""
+    kill_members(directories)
     remove_directories(directories)

@@ -27,7 +27,7 @@ from redline.sandbox.base import (
 )
 from redline.sandbox.bwrap import launch
 from redline.sandbox.bwrap.host import HostFacts
-from redline.sandbox.bwrap.state import Slot, claim_slot, state_root
+from redline.sandbox.bwrap.state import Slot, claim_slot, run_label, state_root
 from redline.sandbox.capture import CappedStream, pump
 from redline.sandbox.errors import NoSuchProcess, SandboxError, SandboxGone, SandboxUnavailable
 from redline.sandbox.spec import SandboxSpec
@@ -145,7 +145,8 @@ class BwrapSandbox(Sandbox):
         support = self._host.cgroups
         name = f"sbx-{self.id}"
         planned = [os.path.join(parent, name) for parent in dict.fromkeys(support.mounts.values())]
-        self._slot.record(id=self.id, owner_pid=os.getpid(), cgroups=planned, created=time.time())
+        self._slot.record(id=self.id, owner_pid=os.getpid(), cgroups=planned, created=time.time(),
+                          run=run_label())
         if support.version:
             self._cgroup = cgroups.create(name, self.spec.limits, support)
         etc_dir = launch.prepare_etc(state_root(), self.spec.hostname)
@@ -158,6 +159,7 @@ class BwrapSandbox(Sandbox):
                 etc_dir=etc_dir, hostname=self.spec.hostname,
                 workspace_bytes=self.spec.limits.workspace_bytes, tmp_bytes=self.spec.limits.tmp_bytes,
                 ro_paths=self.spec.ro_paths, hidden_paths=self.spec.hidden_paths,
+                devices=self.spec.devices, driver_paths=self.spec.driver_paths,
                 private_network=network.mode == "loopback", info_fd=info_write, seccomp_fd=seccomp_fd,
             ))
             argv = launch.start_argv(tools=self._host.tools, host_uid=self._slot.host_uid,

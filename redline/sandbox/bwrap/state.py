@@ -43,6 +43,19 @@ def uid_base() -> int:
 
 
 _prepared_roots: set[str] = set()
+_run_label = ""
+
+
+def label_sandboxes(run_id: str) -> None:
+    """Record ``run_id`` in the slot of every sandbox this process creates from now on (what
+    :func:`stop_run` looks for); ``""`` for none."""
+    global _run_label
+    _run_label = run_id
+
+
+def run_label() -> str:
+    """The run id new sandboxes of this process are labelled with (see :func:`label_sandboxes`)."""
+    return _run_label
 
 
 @contextlib.contextmanager
@@ -182,6 +195,35 @@ def clean_stale(root: str | None = None) -> list[str]:
     with _global_lock(root):
         return (_clean_unlocked(os.path.join(root, "slots"), _clean_slot)
                 + _clean_unlocked(os.path.join(root, "networks"), _clean_network))
+
+
+@dataclass(frozen=True)
+class StoppedSandbox:
+    """A sandbox :func:`stop_run` stopped: its id, the pids killed, and whether its cgroups are
+    now empty (read back from the kernel)."""
+
+    sandbox_id: str
+    killed_pids: tuple[int, ...]
+    empty: bool
+
+
+def stop_run(run_id: str, root: str | None = None) -> list[StoppedSandbox]:
+    """Kill every process of every live sandbox on this host labelled with ``run_id`` (their
+    harness then finds them gone and cleans up; the slots of dead harnesses are cleaned). The
+    kill is verified: each sandbox's cgroups are read again and must be empty."""
+    root = root or state_root()
+    clean_stale(root)
+    slots = os.path.join(root, "slots")
+    stopped = []
+    for name in sorted(os.listdir(slots)) if os.path.isdir(slots) else []:
+        facts = _read_facts(os.path.join(slots, name))
+        if not run_id or facts.get("run") != run_id:
+            continue
+        directories = [str(d) for d in facts.get("cgroups", [])]
+        killed = cgroups.kill_members(directories)
+        empty = all(not cgroups.members(directory) for directory in directories)
+        stopped.append(StoppedSandbox(str(facts.get("id", name)), tuple(sorted(killed)), empty))
+    return stopped
 
 
 def claim_slot(root: str | None = None) -> Slot:

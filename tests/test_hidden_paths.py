@@ -82,7 +82,7 @@ def test_without_hidden_paths_the_tools_are_present(box: Sandbox) -> None:
 
 def test_long_option_lists_go_through_an_args_fd_and_short_ones_inline() -> None:
     common = dict(etc_dir="/etc", hostname="h", workspace_bytes=1 << 20, tmp_bytes=1 << 20, ro_paths={},
-                  private_network=True, info_fd=9)
+                  devices={}, driver_paths={}, private_network=True, info_fd=9)
     short, fd = launch.pass_options(launch.bwrap_options(hidden_paths=(), **common))
     assert fd is None and "--unshare-net" in short
     options = launch.bwrap_options(hidden_paths=HIDDEN, **common)

@@ -1,4 +1,4 @@
-"""What a sandbox should be: limits, network, extra read-only paths, environment.
+"""What a sandbox should be: limits, network, extra read-only paths, devices, environment.
 
 A :class:`SandboxSpec` is plain data; backends turn it into namespaces, mounts and cgroups.
 """
@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 from dataclasses import dataclass, field
 
 from redline.errors import UserError
@@ -111,6 +112,71 @@ class NetworkSpec:
 SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
 
 
+#: What bwrap's minimal ``/dev`` already holds; a passed device may not take one of these names.
+MINIMAL_DEV_ENTRIES = ("core", "fd", "full", "null", "ptmx", "pts", "random", "shm", "stderr", "stdin",
+                       "stdout", "tty", "urandom", "zero")
+
+
+def _file_kind(mode: int) -> str:
+    """What kind of file ``mode`` (an ``st_mode``) describes, for messages."""
+    kinds = ((stat.S_ISDIR, "a directory"), (stat.S_ISREG, "a regular file"), (stat.S_ISBLK, "a block device"),
+             (stat.S_ISFIFO, "a named pipe"), (stat.S_ISSOCK, "a socket"))
+    return next((kind for test, kind in kinds if test(mode)), "not a device")
+
+
+def _device_problem(host_path: str, inside: str) -> str | None:
+    """Why host character device ``host_path`` cannot be passed in at ``inside``, or None."""
+    for path in (host_path, inside):
+        if not path.startswith("/") or os.path.normpath(path) != path:
+            return f"{path!r} must be absolute and normalized (no '..', '.', '//' or trailing '/')"
+    if not inside.startswith("/dev/") or inside.split("/")[2] in MINIMAL_DEV_ENTRIES:
+        return (f"its inside path {inside} must lie under /dev and not replace an entry of the minimal "
+                f"/dev ({', '.join(MINIMAL_DEV_ENTRIES)})")
+    try:
+        info = os.stat(host_path)
+    except OSError as error:
+        return f"it cannot be examined on this host ({error.strerror})"
+    if not stat.S_ISCHR(info.st_mode):
+        return (f"it is {_file_kind(info.st_mode)}, not a character device: only device nodes such as "
+                "/dev/nvidia0 can be passed in")
+    if info.st_mode & 0o006 != 0o006:
+        return (f"its mode {stat.filemode(info.st_mode)} does not let other users read and write it, and the "
+                "sandbox runs as an unprivileged uid of its own: make it crw-rw-rw- (the NVIDIA driver's default)")
+    if os.statvfs(host_path).f_flag & os.ST_NODEV:
+        return "it lies on a filesystem mounted nodev, so it could not be opened inside"
+    return None
+
+
+def _check_devices(devices: dict[str, str]) -> None:
+    """Raise :class:`UserError` naming the first device of ``devices`` (host -> inside) that cannot
+    be passed in, or an inside path given twice."""
+    seen: set[str] = set()
+    for host_path, inside in devices.items():
+        problem = _device_problem(host_path, inside)
+        if problem is None and inside in seen:
+            problem = f"{inside} is already the inside path of another device"
+        if problem:
+            raise UserError(f"cannot pass device {host_path} into the sandbox: {problem}")
+        seen.add(inside)
+
+
+#: Directories each sandbox mounts afresh over anything bound there before.
+_SANDBOX_OWN_DIRS = ("/proc", "/dev", "/tmp", "/home", "/var/tmp")
+
+
+def _check_driver_paths(driver_paths: dict[str, str]) -> None:
+    """Raise :class:`UserError` naming the first driver path (host -> inside) that is not absolute
+    and normalized, would be hidden inside by the sandbox's own mounts, or that the host lacks."""
+    for host_path, inside in driver_paths.items():
+        if any(not path.startswith("/") or os.path.normpath(path) != path for path in (host_path, inside)):
+            raise UserError(f"driver path {host_path!r} -> {inside!r}: both must be absolute and normalized")
+        if any(inside == directory or inside.startswith(directory + "/") for directory in _SANDBOX_OWN_DIRS):
+            raise UserError(f"driver path {host_path} -> {inside}: the inside path would be hidden by the "
+                            f"sandbox's own {', '.join(_SANDBOX_OWN_DIRS)}; choose another, e.g. under /opt")
+        if not os.path.exists(host_path):
+            raise UserError(f"driver path {host_path} does not exist on this host")
+
+
 @dataclass(frozen=True)
 class SandboxSpec:
     """Everything needed to create a sandbox.
@@ -120,6 +186,12 @@ class SandboxSpec:
     (e.g. ``/usr/bin/ss``) that must not exist inside: the sandbox sees their directory without
     them, as if they were never installed (paths the host lacks are already absent). ``env`` is
     added to the sandbox's cleared environment.
+    ``devices`` maps host character devices (e.g. ``/dev/nvidia0``) to paths under the sandbox's
+    minimal ``/dev``; only those nodes are added, usable read-write, and ``/dev`` stays the
+    sandbox's own (see :mod:`redline.sandbox.gpus` for NVIDIA GPUs). ``driver_paths`` maps host
+    driver files or directories to in-sandbox paths, mounted read-only like ``ro_paths``.
+    Both are checked when the spec is made: a device must be a character device other users may
+    read and write (never a file or directory), a driver path must exist.
     ``accept_weaker_containment`` lets a sandbox start on a host that cannot enforce part of the
     containment (e.g. no memory cgroup); what is missing is then recorded in its containment
     report instead of refusing to start.
@@ -129,6 +201,8 @@ class SandboxSpec:
     network: NetworkSpec = field(default_factory=NetworkSpec)
     ro_paths: dict[str, str] = field(default_factory=dict)
     hidden_paths: tuple[str, ...] = ()
+    devices: dict[str, str] = field(default_factory=dict)
+    driver_paths: dict[str, str] = field(default_factory=dict)
     env: dict[str, str] = field(default_factory=dict)
     hostname: str = "redline"
     accept_weaker_containment: bool = False
@@ -146,6 +220,8 @@ class SandboxSpec:
                                 "(no '..', '.', '//' or trailing '/')")
             if not any(path.startswith(directory + "/") for directory in SYSTEM_DIRS):
                 raise UserError(f"hidden path {path!r} must lie under one of {', '.join(SYSTEM_DIRS)}")
+        _check_devices(self.devices)
+        _check_driver_paths(self.driver_paths)
         for name in self.env:
             if not name or "=" in name or "\0" in name:
                 raise UserError(f"invalid environment variable name {name!r}")

@@ -71,6 +71,7 @@ def _report(facts: host.HostFacts, spec: SandboxSpec) -> ContainmentReport:
         ContainmentItem("mount namespace", True,
                         "read-only /usr and selected /etc" + (f", {extra}" if extra else "")
                         + hidden + "; own /proc, minimal /dev; host /root, /home, /tmp and the harness invisible"),
+        _devices_item(spec),
         ContainmentItem("ipc and uts namespaces", True, f"own System V IPC; hostname {spec.hostname!r}"),
         ContainmentItem("environment", True, "cleared; only the sandbox's own variables"),
         syscalls.containment_item(),
@@ -87,6 +88,17 @@ def _report(facts: host.HostFacts, spec: SandboxSpec) -> ContainmentReport:
     )
     return ContainmentReport(backend=f"bwrap ({facts.bwrap_version})", items=items,
                              weaker_accepted=spec.accept_weaker_containment and any(not i.enforced for i in items))
+
+
+def _devices_item(spec: SandboxSpec) -> ContainmentItem:
+    """The devices item: the host character devices passed into the minimal /dev (each checked
+    to be one when the spec was made) and the driver paths bound read-only."""
+    passed = ", ".join(inside if host == inside else f"{inside} (host {host})"
+                       for host, inside in sorted(spec.devices.items(), key=lambda item: item[1]))
+    detail = (f"passed in: {passed}; no other host device" if passed else
+              "none passed: only the minimal /dev (null, zero, full, random, urandom, tty, a private pts)")
+    drivers = ", ".join(sorted(spec.driver_paths.values()))
+    return ContainmentItem("devices", True, detail + (f"; driver paths read-only: {drivers}" if drivers else ""))
 
 
 def _network_item(spec: SandboxSpec) -> ContainmentItem:

@@ -7,6 +7,11 @@ read-only paths, fresh ``/proc`` and minimal ``/dev``, and three size-capped tmp
 ``/root``, ``/home``, ``/work``, ``/tmp``, the harness, other sandboxes -- is absent. The root
 directory is read-only.
 
+Devices: the spec's character devices (e.g. ``/dev/nvidia0``) are ``--dev-bind``-ed onto the
+minimal ``/dev`` after it is made, one node each, so no other host device appears; the spec's
+driver paths are bound read-only like its extra read-only paths. ``/dev`` itself stays the
+sandbox's own ``nodev`` tmpfs, so nothing made there can act as a device.
+
 Processes run as uid/gid 1000 ("agent") inside a user namespace that maps only that id, to the
 sandbox's own unprivileged host uid; they have no capabilities, ``no_new_privs`` set, and cannot
 create further user namespaces. PID 1 is ``catatonit -P``, which reaps orphans and cannot be
@@ -137,13 +142,18 @@ def bwrap_options(
     tmp_bytes: int,
     ro_paths: dict[str, str],
     hidden_paths: Sequence[str],
+    devices: dict[str, str],
+    driver_paths: dict[str, str],
     private_network: bool,
     info_fd: int,
     seccomp_fd: int | None = None,
 ) -> list[str]:
     """bwrap's options for a sandbox, up to (not including) the ``--`` before the command.
-    ``private_network`` false means bwrap creates no network namespace (``attached`` mode);
-    ``seccomp_fd`` holds the syscall filter bwrap puts on the init (:mod:`redline.sandbox.syscalls`)."""
+    ``ro_paths`` and ``driver_paths`` (host -> inside) are bound read-only; ``devices`` (host
+    character device -> path under ``/dev``) are bound read-write onto the minimal ``/dev``, which
+    holds nothing else of the host's. ``private_network`` false means bwrap creates no network
+    namespace (``attached`` mode); ``seccomp_fd`` holds the syscall filter bwrap puts on the init
+    (:mod:`redline.sandbox.syscalls`)."""
     views, make_read_only = hidden_path_views(hidden_paths)
     options = [
         "--unshare-user", "--unshare-pid", *(["--unshare-net"] if private_network else []),
@@ -160,10 +170,12 @@ def bwrap_options(
             options += ["--ro-bind", host, host]
     options += views
     options += ["--ro-bind", etc_dir, "/etc"]
-    for host, inside in sorted(ro_paths.items()):
+    for host, inside in sorted([*ro_paths.items(), *driver_paths.items()]):
         options += ["--ro-bind", host, inside]
+    options += ["--proc", "/proc", "--dev", "/dev"]
+    for host, inside in sorted(devices.items(), key=lambda item: item[1]):
+        options += ["--dev-bind", host, inside]
     options += [
-        "--proc", "/proc", "--dev", "/dev",
         "--perms", "1777", "--size", str(64 * 1024 * 1024), "--tmpfs", "/dev/shm",
         "--perms", "0755", "--dir", "/home",
         "--perms", "0755", "--size", str(workspace_bytes), "--tmpfs", HOME,

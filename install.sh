@@ -61,7 +61,7 @@ fi
 echo "== Python environment for the harness (.venv)"
 [ -x .venv/bin/python ] || /usr/bin/python3 -m venv .venv
 LOG=.venv/install.log
-.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]' >"$LOG" 2>&1 \
+.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test,ray]' >"$LOG" 2>&1 \
   || { tail -20 "$LOG" >&2; echo "install.sh: installing redline failed (full log: $LOG)" >&2; exit 1; }
 .venv/bin/python -c 'import redline' >/dev/null
 

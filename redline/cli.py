@@ -219,18 +219,30 @@ def agent_command(model_text: str, task: str, max_steps: int, time_limit: float,
               help="The model's context window: llama.cpp's n_ctx for local weights; for an endpoint, the figure "
                    "to use instead of what its server reports [default: 4096 locally; asked of the server].")
 @click.option("--grader", "grader_text", default=None, metavar="MODEL", help=GRADER_HELP)
+@click.option("--cluster", default=None, metavar="auto|HOST:PORT|ray://HOST:PORT",
+              help="Run the trials on a Ray cluster (one Ray task per trial, on nodes that pass the containment "
+                   "check; needs redline[ray]) [default: on this machine].")
+@click.option("--trial-cpus", default=1.0, show_default=True, type=click.FloatRange(min=0.1),
+              help="With --cluster: CPUs each trial asks of its node.")
+@click.option("--trial-memory", default=None, metavar="SIZE",
+              help="With --cluster: memory each trial asks of its node, e.g. 4G [default: not asked].")
+@click.option("--allow-weaker-containment", is_flag=True,
+              help="Run even where the host (or a cluster node) cannot enforce all of the containment; recorded.")
 def run_cmd(model_texts: tuple[str, ...], scenarios: tuple[str, ...], trials: int, concurrency: int | None,
             out_dir: str | None, max_steps: int | None, time_limit: float | None, obstacles: tuple[str, ...],
             depth: int | None, population_cap: int | None, notice_after_steps: int | None, grace_s: float | None,
-            grace_steps: int | None, profile: str, context_tokens: int | None, grader_text: str | None) -> None:
+            grace_steps: int | None, profile: str, context_tokens: int | None, grader_text: str | None,
+            cluster: str | None, trial_cpus: float, trial_memory: str | None, allow_weaker_containment: bool) -> None:
     """Run trials of a scenario and judge each one, then write the run's analysis and report; several
     models and/or scenarios: the grid of every model on every scenario, then its report."""
-    from redline.cli_run import run_command, run_grid_command
+    from redline.cli_run import Placement, run_command, run_grid_command
     from redline.runner.run import RunInterrupted, ScenarioOverrides
 
     overrides = ScenarioOverrides(depth, population_cap, notice_after_steps, grace_s, grace_steps)
+    placement = Placement(cluster, trial_cpus, parse_size(trial_memory) if trial_memory else 0,
+                          allow_weaker_containment)
     options = (trials, concurrency, out_dir, max_steps, time_limit, obstacles, overrides, profile, context_tokens,
-               grader_text)
+               grader_text, placement)
     try:
         if len(model_texts) == 1 and len(scenarios) == 1:
             sys.exit(run_command(out, model_texts[0], scenarios[0], *options))
@@ -239,6 +251,48 @@ def run_cmd(model_texts: tuple[str, ...], scenarios: tuple[str, ...], trials: in
         err.print("redline: interrupted: no sandbox is left; trials in flight are marked interrupted "
                   "(run the same command again to finish them)")
         sys.exit(130)
+
+
+@app.command("stop")
+@click.argument("run_dir")
+def stop_cmd(run_dir: str) -> None:
+    """Stop every instance of a run, on this machine and on every node of its cluster, and verify it."""
+    from redline.cli_cluster import stop_command
+
+    sys.exit(stop_command(out, run_dir))
+
+
+@app.group("cluster")
+def cluster_group() -> None:
+    """Ray clusters: check the nodes' containment, start a node."""
+
+
+@cluster_group.command("check")
+@click.option("--cluster", "address", default="auto", show_default=True, metavar="auto|HOST:PORT|ray://HOST:PORT",
+              help="The cluster to check.")
+@click.option("--json", "as_json", is_flag=True, help="Print the checks as JSON.")
+def cluster_check(address: str, as_json: bool) -> None:
+    """Run the sandbox self-check on every redline node; exit 125 if any node's containment is weaker."""
+    from redline.cli_cluster import cluster_check_command
+
+    sys.exit(cluster_check_command(out, address, as_json))
+
+
+@cluster_group.command("start-node", context_settings={"ignore_unknown_options": True})
+@click.option("--head", is_flag=True, help="Start a new cluster with this machine as its head.")
+@click.option("--address", default=None, metavar="HOST:PORT", help="Join the cluster whose head is at HOST:PORT.")
+@click.option("--slots", default=1, show_default=True, type=click.IntRange(min=1, max=256),
+              help="Trials this node runs at once (its 'redline' resource).")
+@click.option("--allow-weaker-containment", is_flag=True,
+              help="Start even if this machine's containment check fails (runs must accept it too).")
+@click.argument("ray_args", nargs=-1, type=click.UNPROCESSED)
+def cluster_start_node(head: bool, address: str | None, slots: int, allow_weaker_containment: bool,
+                       ray_args: tuple[str, ...]) -> None:
+    """Check this machine's containment, then start it as a redline node (ray start with the redline
+    resource). Arguments after -- go to ray start (e.g. -- --num-cpus 8 --block)."""
+    from redline.cli_cluster import start_node_command
+
+    sys.exit(start_node_command(out, head, address, slots, allow_weaker_containment, ray_args))
 
 
 @app.command("show")

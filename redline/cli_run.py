@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
+from dataclasses import dataclass
 
 from rich.console import Console
 from rich.markup import escape
@@ -20,6 +21,7 @@ from redline.errors import HarnessError, UserError
 from redline.llm.models import ModelChoice, resolve_model
 from redline.report import REPORT_FILE, report_runs, run_dirs
 from redline.runner.compatibility import check_compatible
+from redline.runner.executor import TrialExecutor
 from redline.runner.grid import (
     GridCell,
     check_grid,
@@ -55,13 +57,77 @@ def cause_line(cause: dict) -> str:
     return f"{cause['count']} trial{'s' if cause['count'] != 1 else ''} ({trials}): {cause['cause']}"
 
 
+@dataclass(frozen=True)
+class Placement:
+    """Where a run's trials go: this machine, or the Ray cluster ``cluster`` (``--cluster``), each
+    trial asking ``trial_cpus`` and ``trial_memory_bytes`` of its node; and whether weaker
+    containment is accepted (``--allow-weaker-containment``, here or on nodes)."""
+
+    cluster: str | None = None
+    trial_cpus: float = 1.0
+    trial_memory_bytes: int = 0
+    accept_weaker_containment: bool = False
+
+    def check(self, models: list[ModelChoice]) -> None:
+        """One-line :class:`UserError` for options that do not go together (before anything runs)."""
+        if self.cluster is None:
+            if self.trial_cpus != 1.0 or self.trial_memory_bytes:
+                raise UserError("--trial-cpus and --trial-memory apply only with --cluster")
+            return
+        from redline.cluster.connection import check_address, import_ray
+
+        check_address(self.cluster)
+        import_ray()
+        for model in models:
+            if model.kind == "human":
+                raise UserError(f"--model {model.label} with --cluster: a person answers at this machine; "
+                                "run human baselines without --cluster")
+
+
+class Executors:
+    """The executor of each run of one command: local, or Ray tasks on the cluster's nodes that
+    passed their containment check (connected and checked once, when the command starts)."""
+
+    def __init__(self, console: Console, placement: Placement) -> None:
+        self.placement = placement
+        self._ray = None
+        self._checks: list = []
+        self._usable: list = []
+        if placement.cluster is None:
+            return
+        from redline.cluster.connection import connect, redline_nodes
+        from redline.cluster.nodes import check_nodes, usable_nodes
+
+        self._ray = connect(placement.cluster)
+        console.print(f"cluster: {escape(placement.cluster)}: checking the containment of every redline node")
+        self._checks = check_nodes(self._ray, redline_nodes(self._ray))
+        self._usable = usable_nodes(self._checks, placement.accept_weaker_containment)
+        for check in self._checks:
+            state_line = "passes" if check.passed else ("weaker, accepted" if check in self._usable else "weaker: no "
+                                                                                                         "trial there")
+            console.print(f"  node {escape(check.hostname or check.node.address)} ({check.node.slots} slot(s)): "
+                          f"{state_line}" + ("" if check.passed else f" ({escape('; '.join(check.gaps)[:200])})"))
+
+    def make(self, plan: RunPlan, concurrency_given: bool) -> TrialExecutor | None:
+        """The executor for ``plan`` (``None``: the run's default, local one)."""
+        if self._ray is None:
+            return None
+        from redline.cluster.executor import RayExecutor, TrialResources
+
+        resources = TrialResources(self.placement.trial_cpus, self.placement.trial_memory_bytes)
+        return RayExecutor(self._ray, str(self.placement.cluster), self._checks, self._usable, resources,
+                           plan.concurrency if concurrency_given else None)
+
+
 def _plan(model: ModelChoice, base: Scenario, trials: int, concurrency: int | None, out_dir: str,
           max_steps: int | None, time_limit: float | None, obstacles: tuple[str, ...],
-          overrides: ScenarioOverrides | None, profile: str, context_tokens: int | None) -> RunPlan:
+          overrides: ScenarioOverrides | None, profile: str, context_tokens: int | None,
+          placement: Placement | None = None) -> RunPlan:
     """One run as asked (the default concurrency: what the machine fits; 1 for a person)."""
     concurrency = concurrency or (1 if model.kind == "human" else default_concurrency())
     return RunPlan(model, base, overrides or ScenarioOverrides(), trials, concurrency, out_dir, max_steps,
-                   time_limit, obstacles, profile, context_tokens)
+                   time_limit, obstacles, profile, context_tokens,
+                   (placement or Placement()).accept_weaker_containment)
 
 
 def _raise_if_all_failed(results: list[dict]) -> None:
@@ -89,7 +155,8 @@ def _report_lines(console: Console, path: str, cells: list[CellAnalysis]) -> Non
 def run_command(console: Console, model_text: str, scenario_name: str, trials: int, concurrency: int | None,
                 out_dir: str | None, max_steps: int | None, time_limit: float | None,
                 obstacles: tuple[str, ...] = (), overrides: ScenarioOverrides | None = None,
-                profile: str = "auto", context_tokens: int | None = None, grader_text: str | None = None) -> int:
+                profile: str = "auto", context_tokens: int | None = None, grader_text: str | None = None,
+                placement: Placement | None = None) -> int:
     """Check the run (:func:`~redline.runner.compatibility.check_compatible` and the grader: a
     :class:`UserError` before anything is written), run it with a live progress display, write its
     analysis and report (``report.html`` in the run directory) and return the exit code: 0 when
@@ -99,11 +166,14 @@ def run_command(console: Console, model_text: str, scenario_name: str, trials: i
     model = _model_for(model_text)
     safe_model = "".join(c if c.isalnum() or c in "-." else "_" for c in os.path.basename(model_text))[:40]
     out_dir = out_dir or os.path.join("runs", f"{time.strftime('%Y%m%d-%H%M%S')}-{base.id}-{safe_model}")
+    placement = placement or Placement()
     plan = _plan(model, base, trials, concurrency, out_dir, max_steps, time_limit, obstacles, overrides, profile,
-                 context_tokens)
+                 context_tokens, placement)
     check_compatible(plan)
+    placement.check([model])
     with _grader(grader_text) as grader:
-        results = _run_with_progress(console, plan)
+        executors = Executors(console, placement)
+        results = _run_with_progress(console, plan, executors.make(plan, concurrency is not None))
         path = os.path.join(out_dir, REPORT_FILE)
         _report_lines(console, path, report_runs([out_dir], path, grader, store_analysis=True))
     _raise_if_all_failed([results])
@@ -130,7 +200,8 @@ def run_grid_command(console: Console, model_texts: tuple[str, ...], scenario_na
                      concurrency: int | None, out_dir: str | None, max_steps: int | None,
                      time_limit: float | None, obstacles: tuple[str, ...] = (),
                      overrides: ScenarioOverrides | None = None, profile: str = "auto",
-                     context_tokens: int | None = None, grader_text: str | None = None) -> int:
+                     context_tokens: int | None = None, grader_text: str | None = None,
+                     placement: Placement | None = None) -> int:
     """``redline run`` with several models and/or scenarios (:mod:`redline.runner.grid`): check every
     cell (a :class:`UserError` before anything is written), run the cells one after another, print
     one row per cell, write the report (graded by ``grader_text``, if given) and print its path. Exit
@@ -138,17 +209,21 @@ def run_grid_command(console: Console, model_texts: tuple[str, ...], scenario_na
     models = [_model_for(text) for text in model_texts]
     scenarios = [load_scenario(name) for name in scenario_names]
     parent = out_dir or os.path.join("runs", f"{time.strftime('%Y%m%d-%H%M%S')}-grid-{len(models)}x{len(scenarios)}")
+    placement = placement or Placement()
     grid = plan_grid(parent, models, scenarios,
                      lambda model, base, cell_dir: _plan(model, base, trials, concurrency, cell_dir, max_steps,
-                                                         time_limit, obstacles, overrides, profile, context_tokens))
+                                                         time_limit, obstacles, overrides, profile, context_tokens,
+                                                         placement))
     check_grid(grid)
+    placement.check(models)
     grader_context = _grader(grader_text)
+    executors = Executors(console, placement)
     console.print(f"redline run: a grid of {len(models)} model(s) × {len(scenarios)} scenario(s): "
                   f"{len(grid.cells)} cells, one after another, {trials} trials each; grid: {escape(parent)}")
 
     def run_cell(cell: GridCell) -> dict:
         console.rule(f"cell {grid.cells.index(cell) + 1}/{len(grid.cells)}: {escape(cell.title)}")
-        return _run_with_progress(console, cell.plan)
+        return _run_with_progress(console, cell.plan, executors.make(cell.plan, concurrency is not None))
 
     with grader_context as grader:
         results = run_grid(grid, run_cell)
@@ -159,8 +234,9 @@ def run_grid_command(console: Console, model_texts: tuple[str, ...], scenario_na
     return 0
 
 
-def _run_with_progress(console: Console, plan: RunPlan) -> dict:
-    """Run ``plan`` (already checked) with a live progress display; print and return its results."""
+def _run_with_progress(console: Console, plan: RunPlan, executor: TrialExecutor | None = None) -> dict:
+    """Run ``plan`` (already checked) on ``executor`` (default: this machine) with a live progress
+    display; print and return its results."""
     model, request, scenario, out_dir = plan.model, plan.request, plan.scenario, plan.out_dir
     trials, concurrency, profile, context_tokens = plan.trials, plan.concurrency, plan.profile, plan.context_tokens
     terminal_person = model.kind == "human" and model.controller is None
@@ -204,7 +280,7 @@ def _run_with_progress(console: Console, plan: RunPlan) -> dict:
             else:
                 progress.console.print(f"  {trial_id} [yellow]{status}[/yellow]")
 
-        results = run_experiment(request, model, scenario, out_dir, on_progress)
+        results = run_experiment(request, model, scenario, out_dir, on_progress, executor)
     show_results(console, results)
     console.print(f"results: {os.path.join(out_dir, 'results.json')}")
     return results

@@ -27,6 +27,7 @@ from redline.agent.profile import ScaffoldProfile
 from redline.judge.facts import Verdict
 from redline.llm.models import ModelChoice
 from redline.runner.trial import TrialControl, TrialInterrupted, run_trial, write_json
+from redline.sandbox import get_backend
 from redline.sandbox.bwrap import state
 from redline.scenarios import Scenario
 
@@ -45,6 +46,7 @@ class TrialJob:
     profile: ScaffoldProfile
     context_tokens: int | None
     llm_threads: int
+    accept_weaker_containment: bool = False  # the run's --allow-weaker-containment
 
 
 @dataclass(frozen=True)
@@ -73,9 +75,11 @@ def escaped_failure(job: TrialJob, error: BaseException) -> dict:
 def execute(job: TrialJob, trial_dir: str, control: TrialControl) -> dict:
     """Run ``job`` in ``trial_dir`` to its verdict (written to ``verdict.json``) and return it; the
     sandboxes it creates are labelled with the run (:func:`redline.sandbox.bwrap.state.stop_run`
-    finds them). Raises :class:`TrialInterrupted` when ``control`` stopped it (no verdict)."""
+    finds them) and accept weaker containment only if the run does.
+    Raises :class:`TrialInterrupted` when ``control`` stopped it (no verdict)."""
     os.makedirs(trial_dir, exist_ok=True)
     state.label_sandboxes(job.run_id)
+    get_backend().accept_weaker_containment = job.accept_weaker_containment
     try:
         return run_trial(job.trial_id, job.model, job.scenario, trial_dir, max_steps=job.max_steps,
                          time_limit_s=job.time_limit_s, control=control, llm_threads=job.llm_threads,

@@ -71,6 +71,8 @@ class RunRequest:
     #: the scaffold profile asked for ("auto" or a profile name) and the context window, if set
     profile: str = "auto"
     context_tokens: int | None = None
+    #: --allow-weaker-containment: sandboxes may start where part of the containment is missing
+    accept_weaker_containment: bool = False
 
 
 #: the request's settings a resumed run must repeat, each with the option that sets it
@@ -130,6 +132,7 @@ class RunPlan:
     obstacles: tuple[str, ...] = ()  # as given, repeats included
     profile: str = "auto"  # --profile
     context_tokens: int | None = None  # --context-tokens
+    accept_weaker_containment: bool = False  # --allow-weaker-containment
 
     @functools.cached_property
     def _applied(self) -> tuple[Scenario, tuple[tuple[str, object], ...]]:
@@ -147,7 +150,8 @@ class RunPlan:
         return RunRequest(model=self.model.label, scenario=scenario.id, trials=self.trials,
                           concurrency=self.concurrency, max_steps=self.max_steps or scenario.max_steps,
                           time_limit_s=self.time_limit_s or scenario.time_limit_s, obstacles=self.obstacles,
-                          overrides=changes, profile=self.profile, context_tokens=self.context_tokens)
+                          overrides=changes, profile=self.profile, context_tokens=self.context_tokens,
+                          accept_weaker_containment=self.accept_weaker_containment)
 
 
 def default_concurrency() -> int:
@@ -410,18 +414,24 @@ def pending_trials(out_dir: str, ids: list[str]) -> list[str]:
     into ``attempt-<n>/``. Call only while holding the directory (:func:`hold_run_dir`)."""
     pending = []
     for trial_id, trial in trial_states(out_dir, ids).items():
-        if trial.verdict is not None:
-            continue
-        pending.append(trial_id)
-        trial_dir = os.path.join(out_dir, "trials", trial_id)
-        names = os.listdir(trial_dir) if os.path.isdir(trial_dir) else []
-        leftovers = [name for name in names if not name.startswith("attempt-")]
-        if leftovers:
-            attempt = os.path.join(trial_dir, f"attempt-{len(names) - len(leftovers) + 1}")
-            os.makedirs(attempt)
-            for name in leftovers:
-                shutil.move(os.path.join(trial_dir, name), os.path.join(attempt, name))
+        if trial.verdict is None:
+            pending.append(trial_id)
+            set_aside_attempt(os.path.join(out_dir, "trials", trial_id))
     return pending
+
+
+def set_aside_attempt(trial_dir: str) -> str | None:
+    """Move the files of an attempt that ended without a verdict into ``trial_dir/attempt-<n>/``
+    (the next free n) and return that directory; ``None`` when there was nothing to move."""
+    names = os.listdir(trial_dir) if os.path.isdir(trial_dir) else []
+    leftovers = [name for name in names if not name.startswith("attempt-")]
+    if not leftovers:
+        return None
+    attempt = os.path.join(trial_dir, f"attempt-{len(names) - len(leftovers) + 1}")
+    os.makedirs(attempt)
+    for name in leftovers:
+        shutil.move(os.path.join(trial_dir, name), os.path.join(attempt, name))
+    return attempt
 
 
 class RunInterrupted(Exception):
@@ -479,7 +489,8 @@ def _run_pending(request: RunRequest, model: ModelChoice, scenario: Scenario, ou
     try:
         for trial_id in pending:  # a trial's directory is made when it starts
             executor.submit(TrialJob(identity, trial_id, model, scenario, request.max_steps, request.time_limit_s,
-                                     request.obstacles, profile, request.context_tokens, llm_threads),
+                                     request.obstacles, profile, request.context_tokens, llm_threads,
+                                     request.accept_weaker_containment),
                             os.path.join(out_dir, "trials", trial_id), started)
         while executor.pending():
             ends = executor.ended(timeout=0.5)

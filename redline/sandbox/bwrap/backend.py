@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 
 from redline.sandbox import netns, syscalls
@@ -22,6 +23,10 @@ class BwrapBackend:
         self._facts: host.HostFacts | None = None
         self._spawner: launch.Spawner | None = None
         self._lock = threading.Lock()
+        #: weaker containment accepted for every sandbox of this process (a run's
+        #: ``--allow-weaker-containment``, on its own machine or on a cluster node); recorded in
+        #: each sandbox's report like the spec's own acceptance
+        self.accept_weaker_containment = False
 
     def _ready(self) -> tuple[host.HostFacts, launch.Spawner]:
         with self._lock:
@@ -38,8 +43,10 @@ class BwrapBackend:
 
     def create(self, spec: SandboxSpec) -> BwrapSandbox:
         """Create a sandbox. Raises :class:`WeakContainmentRefused` when the host cannot enforce
-        part of the containment and ``spec.accept_weaker_containment`` is false."""
+        part of the containment and neither ``spec`` nor this backend accepts weaker containment."""
         facts, spawner = self._ready()
+        if self.accept_weaker_containment and not spec.accept_weaker_containment:
+            spec = dataclasses.replace(spec, accept_weaker_containment=True)
         report = _report(facts, spec)
         if report.missing and not spec.accept_weaker_containment:
             gaps = "; ".join(f"{item.name} ({item.detail})" for item in report.missing)

@@ -163,7 +163,8 @@ def test_trials_spread_over_both_nodes_and_land_in_the_run_directory(cluster: Cl
     nodes = {_read(run / "trials" / t / "node.json")["node"] for t in ("t01", "t02")}
     assert len(nodes) == 2  # one trial on each node
     for trial in ("t01", "t02"):  # the whole trial came back: its trace, from the first event to the verdict
-        events = [json.loads(line)["type"] for line in (run / "trials" / trial / "trace.jsonl").read_text().splitlines()]
+        lines = (run / "trials" / trial / "trace.jsonl").read_text().splitlines()
+        events = [json.loads(line)["type"] for line in lines]
         assert events[0] == "sandbox_created" and "task_started" in events
     record = _read(run / "run.json")["executors"][-1]
     assert record["kind"] == "ray" and record["cluster"] == cluster.address

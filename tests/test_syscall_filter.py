@@ -12,6 +12,7 @@ import time
 import pytest
 from conftest import make_box
 
+from redline.errors import UserError
 from redline.sandbox import Limits, Sandbox, SandboxSpec, WeakContainmentRefused, default_spec, syscalls
 from redline.sandbox.bwrap.backend import BwrapBackend
 from redline.sandbox.selfcheck import run_self_check
@@ -147,3 +148,9 @@ def test_a_host_without_libseccomp_is_refused_unless_weaker_containment_is_accep
             assert box.shell("awk '/^Seccomp:/{print $2}' /proc/self/status").text().strip() == "0"
     finally:
         syscalls.support.cache_clear()
+
+
+@pytest.mark.parametrize("name", ["LD_PRELOAD", "LD_LIBRARY_PATH", "BASH_ENV", "GLIBC_TUNABLES"])
+def test_variables_the_root_entry_helpers_would_read_are_refused(filtered: Sandbox, name: str) -> None:
+    with pytest.raises(UserError, match=f"environment variable {name}: the entry helpers read it on the host"):
+        filtered.exec(["true"], env={name: "/tmp/x.so"})

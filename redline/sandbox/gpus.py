@@ -81,8 +81,11 @@ def _visible_anyway(path: str) -> bool:
     return any(real.startswith(directory + "/") for directory in SYSTEM_DIRS)
 
 
-def with_gpus(spec: SandboxSpec, gpus: int, host: NvidiaHost | None = None) -> SandboxSpec:
-    """``spec`` with the first ``gpus`` GPUs of ``host`` (default: :func:`discover_nvidia`) and
+def with_gpus(spec: SandboxSpec, gpus: int, host: NvidiaHost | None = None,
+              indices: tuple[int, ...] = ()) -> SandboxSpec:
+    """``spec`` with ``gpus`` GPUs of ``host`` (default: :func:`discover_nvidia`) -- the GPUs at
+    ``indices`` (positions in ``host.gpus``: what a scheduler such as Ray assigned), else the
+    first ones -- and
     its control devices passed in under the same names in ``/dev``, and the driver libraries that lie outside
     the read-only system directories (those inside are visible anyway) bound read-only at their
     host paths, where the loader cache copied into ``/etc`` finds them. ``gpus=0`` returns
@@ -97,7 +100,10 @@ def with_gpus(spec: SandboxSpec, gpus: int, host: NvidiaHost | None = None) -> S
                         "load the NVIDIA driver (nvidia-smi lists the GPUs), or ask for none")
     if gpus > len(host.gpus):
         raise UserError(f"{gpus} GPUs asked for, but this host has {len(host.gpus)}: {', '.join(host.gpus)}")
-    devices = {path: "/dev/" + os.path.basename(path) for path in (*host.gpus[:gpus], *host.control_devices)}
+    if indices and (len(indices) != gpus or any(not 0 <= i < len(host.gpus) for i in indices)):
+        raise UserError(f"GPUs {list(indices)} asked for, but this host has {len(host.gpus)}: {', '.join(host.gpus)}")
+    chosen = [host.gpus[i] for i in indices] if indices else list(host.gpus[:gpus])
+    devices = {path: "/dev/" + os.path.basename(path) for path in (*chosen, *host.control_devices)}
     drivers = {path: path for path in host.libraries if not _visible_anyway(path)}
     return dataclasses.replace(spec, devices={**spec.devices, **devices},
                                driver_paths={**spec.driver_paths, **drivers})

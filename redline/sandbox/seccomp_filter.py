@@ -44,6 +44,8 @@ def build(policy: dict) -> tuple["seccomp.SyscallFilter", list]:
         add(refused, "clone", seccomp.Arg(0, seccomp.MASKED_EQ, flag, flag))
     for request in policy["ioctl_requests"]:
         add(refused, "ioctl", seccomp.Arg(1, seccomp.MASKED_EQ, 0xFFFFFFFF, request))
+    for family in policy.get("socket_families", []):  # the kernel reads the family as an int
+        add(refused, "socket", seccomp.Arg(0, seccomp.MASKED_EQ, 0xFFFFFFFF, family))
     return rules, sorted(set(unknown))
 
 
@@ -103,6 +105,13 @@ def probe(policy: dict) -> int:
         os.waitpid(child, 0)
     results["clone(CLONE_NEWUSER)"] = errno.errorcode.get(ctypes.get_errno(), "?") if child == -1 \
         else f"returned {child}"
+    for family in policy.get("socket_families", []):
+        ctypes.set_errno(0)
+        made = libc.socket(family, 1, 0)  # SOCK_STREAM
+        results[f"socket(family {family})"] = errno.errorcode.get(ctypes.get_errno(), "?") if made == -1 \
+            else "returned a socket"
+        if made >= 0:
+            os.close(made)
     mode = ""
     with open("/proc/self/status", encoding="ascii") as status:
         for line in status:

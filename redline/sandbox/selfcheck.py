@@ -73,7 +73,8 @@ def syscall_filter_check(sandbox: Sandbox, init_mode: str) -> CheckResult:
         reason = " ".join(result.text("stderr").split())[-200:] or "no output"
         return CheckResult("syscall filter", False, f"the probe did not run: {reason}")
     expected = {**dict.fromkeys(policy.refused, "EPERM"), **dict.fromkeys(policy.unavailable, "ENOSYS"),
-                "clone(CLONE_NEWUSER)": "EPERM"}
+                "clone(CLONE_NEWUSER)": "EPERM",
+                **{f"socket(family {family})": "EPERM" for family in policy.socket_families}}
     wrong = {name: got for name, got in calls.items() if got not in (expected.get(name), "absent")}
     missing = sorted(set(expected) - set(calls))
     tested = sum(1 for got in calls.values() if got != "absent")

@@ -18,6 +18,10 @@ the AI system, pip, ssh, compilers -- are unaffected) and refuses, with ``EPERM`
 * ``clone`` with any namespace flag, and ``ioctl`` ``TIOCSTI``/``TIOCLINUX`` (typing into a
   terminal); the ioctl request is compared on its low 32 bits, as the kernel reads it
   (CVE-2019-10063);
+* ``socket`` of the families ``AF_ALG`` (the kernel crypto API: CVE-2026-31431, a page-cache
+  write, and the sandbox's ``/usr`` is the host's page cache) and ``AF_VSOCK`` (not scoped by
+  network namespace: a sandbox with only ``lo`` would share the host VM's vsock address space),
+  as Docker and containerd refuse them;
 * ``clone3`` gets ``ENOSYS`` (its flags are in memory, which seccomp cannot read), so libc falls
   back to ``clone``, whose flags are checked -- as Docker does.
 
@@ -68,6 +72,7 @@ CLONE_NAMESPACE_FLAGS = {
     "CLONE_NEWNET": 0x40000000,
 }
 TIOCSTI, TIOCLINUX = 0x5412, 0x541C
+AF_ALG, AF_VSOCK = 38, 40
 
 
 @dataclass(frozen=True)
@@ -78,6 +83,7 @@ class SyscallPolicy:
     unavailable: tuple[str, ...]  # ENOSYS
     clone_flags: tuple[int, ...]  # clone with any of these flag bits: EPERM
     ioctl_requests: tuple[int, ...]  # ioctl with one of these requests (low 32 bits): EPERM
+    socket_families: tuple[int, ...] = ()  # socket() of one of these address families: EPERM
 
     def allowing(self, *names: str) -> SyscallPolicy:
         """This policy with ``names`` no longer refused."""
@@ -86,7 +92,8 @@ class SyscallPolicy:
     def as_json(self) -> str:
         """The form :mod:`redline.sandbox.seccomp_filter` reads."""
         return json.dumps({"refused": self.refused, "unavailable": self.unavailable,
-                           "clone_flags": self.clone_flags, "ioctl_requests": self.ioctl_requests})
+                           "clone_flags": self.clone_flags, "ioctl_requests": self.ioctl_requests,
+                           "socket_families": self.socket_families})
 
 
 REFUSED_GROUPS: dict[str, tuple[str, ...]] = {
@@ -110,6 +117,7 @@ POLICY = SyscallPolicy(
     unavailable=("clone3",),
     clone_flags=tuple(CLONE_NAMESPACE_FLAGS.values()),
     ioctl_requests=(TIOCSTI, TIOCLINUX),
+    socket_families=(AF_ALG, AF_VSOCK),
 )
 #: the filter of processes the harness enters into a sandbox (see the module docstring)
 ENTRY_POLICY = POLICY.allowing("setns", "chroot")
@@ -152,7 +160,8 @@ def containment_item() -> ContainmentItem:
     groups = ", ".join(REFUSED_GROUPS)
     return ContainmentItem(ITEM_NAME, True,
                            f"seccomp (libseccomp) on every process, from its first instruction: refuses {groups}; "
-                           "clone with namespace flags, TIOCSTI/TIOCLINUX; clone3 unavailable; native ABI only")
+                           "clone with namespace flags, TIOCSTI/TIOCLINUX, AF_ALG and AF_VSOCK sockets; clone3 "
+                           "unavailable; native ABI only")
 
 
 def loader_prefix() -> list[str]:

@@ -36,6 +36,10 @@ from redline.sandbox.watchdog import WATCHDOG
 _START_TIMEOUT_S = 10.0
 #: Lines nsenter/setpriv print when the harness cannot enter the sandbox.
 _ENTRY_FAILURE_PREFIXES = (b"nsenter: ", b"setpriv: ", syscalls.LOADER_FAILURE_PREFIX)
+#: variables the host-side entry helpers (sh, the seccomp loader, nsenter, setpriv: all root on the
+#: host) would act on besides LD_*: refused in a sandbox's environment
+_HOST_READ_VARIABLES = frozenset({"BASH_ENV", "ENV", "GCONV_PATH", "HOSTALIASES", "LOCALDOMAIN", "MALLOC_CHECK_",
+                                  "NLSPATH", "RES_OPTIONS", "GLIBC_TUNABLES"})
 
 
 def _shell_exit_code(returncode: int) -> int:
@@ -319,9 +323,12 @@ class BwrapSandbox(Sandbox):
                env: dict[str, str] | None) -> tuple[list[str], dict[str, str]]:
         if not command:
             raise UserError("empty command")
-        for key, value in (env or {}).items():
+        for key, value in {**self.spec.env, **(env or {})}.items():
             if not key or "=" in key or "\0" in key or "\0" in value:
                 raise UserError(f"invalid environment variable {key!r}")
+            if key.startswith("LD_") or key in _HOST_READ_VARIABLES:
+                raise UserError(f"environment variable {key}: the entry helpers read it on the host, as root, "
+                                "before they enter the sandbox; set it inside (e.g. in the command) instead")
         argv = launch.enter_argv(tools=self._host.tools, init_host_pid=self._init_pid,
                                  cgroup_procs=self._procs_files, cwd=cwd or launch.HOME, command=list(command),
                                  syscall_filter=self._filtered)

@@ -228,11 +228,15 @@ def agent_command(model_text: str, task: str, max_steps: int, time_limit: float,
               help="With --cluster: memory each trial asks of its node, e.g. 4G [default: not asked].")
 @click.option("--allow-weaker-containment", is_flag=True,
               help="Run even where the host (or a cluster node) cannot enforce all of the containment; recorded.")
+@click.option("--gpus", default=0, show_default=True, type=click.IntRange(min=0, max=64),
+              help="GPUs each trial's system gets (NVIDIA devices passed into its sandbox; its llama.cpp loads "
+                   "the folder's own weights onto them). Local weights only.")
 def run_cmd(model_texts: tuple[str, ...], scenarios: tuple[str, ...], trials: int, concurrency: int | None,
             out_dir: str | None, max_steps: int | None, time_limit: float | None, obstacles: tuple[str, ...],
             depth: int | None, population_cap: int | None, notice_after_steps: int | None, grace_s: float | None,
             grace_steps: int | None, profile: str, context_tokens: int | None, grader_text: str | None,
-            cluster: str | None, trial_cpus: float, trial_memory: str | None, allow_weaker_containment: bool) -> None:
+            cluster: str | None, trial_cpus: float, trial_memory: str | None, allow_weaker_containment: bool,
+            gpus: int) -> None:
     """Run trials of a scenario and judge each one, then write the run's analysis and report; several
     models and/or scenarios: the grid of every model on every scenario, then its report."""
     from redline.cli_run import Placement, run_command, run_grid_command
@@ -240,7 +244,7 @@ def run_cmd(model_texts: tuple[str, ...], scenarios: tuple[str, ...], trials: in
 
     overrides = ScenarioOverrides(depth, population_cap, notice_after_steps, grace_s, grace_steps)
     placement = Placement(cluster, trial_cpus, parse_size(trial_memory) if trial_memory else 0,
-                          allow_weaker_containment)
+                          allow_weaker_containment, gpus)
     options = (trials, concurrency, out_dir, max_steps, time_limit, obstacles, overrides, profile, context_tokens,
                grader_text, placement)
     try:

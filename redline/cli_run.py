@@ -41,6 +41,8 @@ from redline.runner.run import (
     trial_ids,
     trial_states,
 )
+from redline.sandbox import default_spec
+from redline.sandbox.gpus import with_gpus
 from redline.scenarios import Scenario, list_scenarios, load_scenario
 from redline.system.scaffold import choose_profile
 
@@ -67,12 +69,21 @@ class Placement:
     trial_cpus: float = 1.0
     trial_memory_bytes: int = 0
     accept_weaker_containment: bool = False
+    gpus: int = 0  # per trial (--gpus)
 
     def check(self, models: list[ModelChoice]) -> None:
         """One-line :class:`UserError` for options that do not go together (before anything runs)."""
+        if self.gpus:
+            for model in models:
+                if model.kind != "gguf":
+                    raise UserError(f"--gpus with --model {model.label}: only local weights (PATH.gguf, bundled) "
+                                    "are served on the trial's GPUs (an endpoint's model runs where the endpoint "
+                                    "is; a scripted policy has none)")
         if self.cluster is None:
             if self.trial_cpus != 1.0 or self.trial_memory_bytes:
                 raise UserError("--trial-cpus and --trial-memory apply only with --cluster")
+            if self.gpus:
+                with_gpus(default_spec(), self.gpus)  # a UserError when this host has fewer
             return
         from redline.cluster.connection import check_address, import_ray
 
@@ -102,6 +113,9 @@ class Executors:
         console.print(f"cluster: {escape(placement.cluster)}: checking the containment of every redline node")
         self._checks = check_nodes(self._ray, redline_nodes(self._ray))
         self._usable = usable_nodes(self._checks, placement.accept_weaker_containment)
+        if placement.gpus and not any(c.node.gpus >= placement.gpus for c in self._usable):
+            raise UserError(f"--gpus {placement.gpus}: no node the run may use has that many GPUs "
+                            f"({', '.join(f'{c.node.address}: {c.node.gpus:g}' for c in self._usable)})")
         for check in self._checks:
             state_line = "passes" if check.passed else ("weaker, accepted" if check in self._usable else "weaker: no "
                                                                                                          "trial there")
@@ -125,9 +139,10 @@ def _plan(model: ModelChoice, base: Scenario, trials: int, concurrency: int | No
           placement: Placement | None = None) -> RunPlan:
     """One run as asked (the default concurrency: what the machine fits; 1 for a person)."""
     concurrency = concurrency or (1 if model.kind == "human" else default_concurrency())
+    placement = placement or Placement()
     return RunPlan(model, base, overrides or ScenarioOverrides(), trials, concurrency, out_dir, max_steps,
-                   time_limit, obstacles, profile, context_tokens,
-                   (placement or Placement()).accept_weaker_containment)
+                   time_limit, obstacles, profile, context_tokens, placement.accept_weaker_containment,
+                   placement.gpus)
 
 
 def _raise_if_all_failed(results: list[dict]) -> None:

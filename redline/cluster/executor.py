@@ -56,11 +56,10 @@ STOP_GRACE_S = 20.0
 
 @dataclass(frozen=True)
 class TrialResources:
-    """What each trial asks of its node, besides one ``redline`` slot."""
+    """What each trial asks of its node, besides one ``redline`` slot and its GPUs (``TrialJob.gpus``)."""
 
     cpus: float = 1.0
     memory_bytes: int = 0  # 0: not asked
-    gpus: float = 0.0
 
 
 def _pack(directory: str) -> bytes:
@@ -138,15 +137,16 @@ def run_on_node(job: TrialJob, attempt: int, relay) -> tuple[dict | None, bytes]
     import ray
 
     where = {"executor": "ray", "node": ray.get_runtime_context().get_node_id(), "host": socket.gethostname(),
-             "worker_pid": os.getpid(), "attempt": attempt}
+             "worker_pid": os.getpid(), "attempt": attempt, "gpus": [int(i) for i in ray.get_gpu_ids()]}
     relay.started.remote(job.trial_id, attempt, where)
     work = tempfile.mkdtemp(prefix=f"redline-{job.run_id}-{job.trial_id}-{attempt}-")
     write_json(os.path.join(work, "node.json"), where)  # where this attempt ran, kept with the trial
     control = TrialControl()
     streamer = _Streamer(ray, relay, job, attempt, os.path.join(work, "trace.jsonl"), control)
     try:
+        gpus = tuple(int(i) for i in ray.get_gpu_ids())  # the GPUs Ray gave this task, by index
         try:
-            verdict: dict | None = execute(job, work, control)
+            verdict: dict | None = execute(job, work, control, gpus)
         except TrialInterrupted:
             verdict = None
         finally:
@@ -186,8 +186,7 @@ class RayExecutor(TrialExecutor):
 
     def describe(self) -> dict:
         return {"kind": self.name, "cluster": self._address,
-                "resources": {"cpus": self._resources.cpus, "memory_bytes": self._resources.memory_bytes,
-                              "gpus": self._resources.gpus},
+                "resources": {"cpus": self._resources.cpus, "memory_bytes": self._resources.memory_bytes},
                 "nodes": [c.as_dict() for c in self._checks], "used": sorted(self._nodes),
                 "weaker_containment_accepted_on": self._accepted_weaker}
 
@@ -212,7 +211,7 @@ class RayExecutor(TrialExecutor):
             attempt = self._queue.pop(0)
             self._ray.get(self._relay.expect.remote(attempt.job.trial_id, attempt.number))
             resources = self._resources
-            options = {"num_cpus": resources.cpus, "num_gpus": resources.gpus, "max_retries": 0,
+            options = {"num_cpus": resources.cpus, "num_gpus": attempt.job.gpus, "max_retries": 0,
                        "resources": {NODE_RESOURCE: 1}, "scheduling_strategy": on_node(node)}
             if resources.memory_bytes:
                 options["memory"] = resources.memory_bytes

@@ -24,11 +24,13 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 
 from redline.agent.profile import ScaffoldProfile
+from redline.errors import HarnessError
 from redline.judge.facts import Verdict
 from redline.llm.models import ModelChoice
 from redline.runner.trial import TrialControl, TrialInterrupted, run_trial, write_json
 from redline.sandbox import get_backend
 from redline.sandbox.bwrap import state
+from redline.sandbox.gpus import discover_nvidia
 from redline.scenarios import Scenario
 
 
@@ -47,6 +49,7 @@ class TrialJob:
     context_tokens: int | None
     llm_threads: int
     accept_weaker_containment: bool = False  # the run's --allow-weaker-containment
+    gpus: int = 0  # GPUs the trial asks for (--gpus)
 
 
 @dataclass(frozen=True)
@@ -72,18 +75,20 @@ def escaped_failure(job: TrialJob, error: BaseException) -> dict:
     return verdict
 
 
-def execute(job: TrialJob, trial_dir: str, control: TrialControl) -> dict:
+def execute(job: TrialJob, trial_dir: str, control: TrialControl, gpu_indices: tuple[int, ...] = ()) -> dict:
     """Run ``job`` in ``trial_dir`` to its verdict (written to ``verdict.json``) and return it; the
     sandboxes it creates are labelled with the run (:func:`redline.sandbox.bwrap.state.stop_run`
-    finds them) and accept weaker containment only if the run does.
-    Raises :class:`TrialInterrupted` when ``control`` stopped it (no verdict)."""
+    finds them) and accept weaker containment only if the run does; ``gpu_indices`` are the GPUs
+    of this host the executor gave it. Raises :class:`TrialInterrupted` when ``control`` stopped it
+    (no verdict)."""
     os.makedirs(trial_dir, exist_ok=True)
     state.label_sandboxes(job.run_id)
     get_backend().accept_weaker_containment = job.accept_weaker_containment
     try:
         return run_trial(job.trial_id, job.model, job.scenario, trial_dir, max_steps=job.max_steps,
                          time_limit_s=job.time_limit_s, control=control, llm_threads=job.llm_threads,
-                         obstacles=job.obstacles, profile=job.profile, context_tokens=job.context_tokens)
+                         obstacles=job.obstacles, profile=job.profile, context_tokens=job.context_tokens,
+                         gpus=gpu_indices)
     except TrialInterrupted:
         raise
     except Exception as error:  # whatever escaped the trial is the harness's failure
@@ -125,7 +130,8 @@ class TrialExecutor(ABC):
 
 
 class LocalExecutor(TrialExecutor):
-    """Trials on this machine, ``concurrency`` at a time, in threads of this process."""
+    """Trials on this machine, ``concurrency`` at a time, in threads of this process; a trial that
+    asks for GPUs waits until that many of this host's GPUs are free and has them to itself."""
 
     name = "local"
 
@@ -134,6 +140,30 @@ class LocalExecutor(TrialExecutor):
         self._futures: dict[Future, str] = {}
         self._controls: dict[str, TrialControl] = {}
         self._lock = threading.Lock()
+        self._free_gpus: list[int] | None = None  # this host's GPUs, found at the first trial asking
+        self._gpu_total = 0
+        self._gpus_changed = threading.Condition(self._lock)
+
+    def _take_gpus(self, count: int) -> tuple[int, ...]:
+        """``count`` free GPUs of this host (waiting until they are free); a :class:`HarnessError`
+        when the host has fewer (the run checks this before it starts)."""
+        if count == 0:
+            return ()
+        with self._gpus_changed:
+            if self._free_gpus is None:
+                self._free_gpus = list(range(len(discover_nvidia().gpus)))
+                self._gpu_total = len(self._free_gpus)
+            if count > self._gpu_total:
+                raise HarnessError(f"the trial asks for {count} GPU(s); this host has {self._gpu_total}")
+            self._gpus_changed.wait_for(lambda: len(self._free_gpus or []) >= count)
+            taken, self._free_gpus = tuple(self._free_gpus[:count]), self._free_gpus[count:]
+            return taken
+
+    def _give_back(self, gpus: tuple[int, ...]) -> None:
+        if gpus:
+            with self._gpus_changed:
+                self._free_gpus = sorted([*(self._free_gpus or []), *gpus])
+                self._gpus_changed.notify_all()
 
     def submit(self, job: TrialJob, trial_dir: str, started: Started) -> None:
         control = TrialControl()
@@ -143,8 +173,12 @@ class LocalExecutor(TrialExecutor):
         def one() -> dict:
             if control.stopped.is_set():
                 raise TrialInterrupted
-            started(job.trial_id, {"executor": self.name})
-            return execute(job, trial_dir, control)
+            gpus = self._take_gpus(job.gpus)
+            try:
+                started(job.trial_id, {"executor": self.name, "gpus": list(gpus)})
+                return execute(job, trial_dir, control, gpus)
+            finally:
+                self._give_back(gpus)
 
         self._futures[self._pool.submit(one)] = job.trial_id
 

@@ -73,6 +73,8 @@ class RunRequest:
     context_tokens: int | None = None
     #: --allow-weaker-containment: sandboxes may start where part of the containment is missing
     accept_weaker_containment: bool = False
+    #: --gpus: GPUs each trial's system sandbox gets (its llama.cpp offloads every layer)
+    gpus: int = 0
 
 
 #: the request's settings a resumed run must repeat, each with the option that sets it
@@ -133,6 +135,7 @@ class RunPlan:
     profile: str = "auto"  # --profile
     context_tokens: int | None = None  # --context-tokens
     accept_weaker_containment: bool = False  # --allow-weaker-containment
+    gpus: int = 0  # --gpus
 
     @functools.cached_property
     def _applied(self) -> tuple[Scenario, tuple[tuple[str, object], ...]]:
@@ -151,7 +154,7 @@ class RunPlan:
                           concurrency=self.concurrency, max_steps=self.max_steps or scenario.max_steps,
                           time_limit_s=self.time_limit_s or scenario.time_limit_s, obstacles=self.obstacles,
                           overrides=changes, profile=self.profile, context_tokens=self.context_tokens,
-                          accept_weaker_containment=self.accept_weaker_containment)
+                          accept_weaker_containment=self.accept_weaker_containment, gpus=self.gpus)
 
 
 def default_concurrency() -> int:
@@ -490,7 +493,7 @@ def _run_pending(request: RunRequest, model: ModelChoice, scenario: Scenario, ou
         for trial_id in pending:  # a trial's directory is made when it starts
             executor.submit(TrialJob(identity, trial_id, model, scenario, request.max_steps, request.time_limit_s,
                                      request.obstacles, profile, request.context_tokens, llm_threads,
-                                     request.accept_weaker_containment),
+                                     request.accept_weaker_containment, request.gpus),
                             os.path.join(out_dir, "trials", trial_id), started)
         while executor.pending():
             ends = executor.ended(timeout=0.5)

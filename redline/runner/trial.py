@@ -39,6 +39,8 @@ from redline.system.session import SystemSession
 from redline.trace.collector import read_trace
 
 TASK_GRACE_S = 60.0
+#: llama.cpp layers offloaded when the trial has GPUs: all of them
+GPU_LAYERS = 999
 
 
 class TrialInterrupted(Exception):
@@ -110,21 +112,23 @@ def _write_environment(session: SystemSession, scenario: Scenario, values: dict[
 def run_trial(trial_id: str, model: ModelChoice, scenario: Scenario, trial_dir: str, *, max_steps: int,
               time_limit_s: float, control: TrialControl | None = None, llm_threads: int | None = None,
               obstacles: tuple[str, ...] = (), profile: ScaffoldProfile | None = None,
-              context_tokens: int | None = None) -> dict:
+              context_tokens: int | None = None, gpus: tuple[int, ...] = ()) -> dict:
     """Run one trial to its verdict (also written to ``verdict.json``) and return it.
 
     ``llm_threads``: CPU threads of each llama.cpp server (default: the host's cores, at most 2).
     Concurrent trials must share the cores: llama.cpp slows down sharply when oversubscribed.
     ``obstacles``: names from :data:`redline.scenarios.obstacles.OBSTACLES` set up in the sandbox.
-    ``profile``, ``context_tokens``: see :class:`redline.system.folder.SystemOptions`."""
+    ``profile``, ``context_tokens``: see :class:`redline.system.folder.SystemOptions`.
+    ``gpus``: the host's GPUs passed into the system's sandbox, which its llama.cpp offloads every
+    layer to (:class:`redline.runner.world.GpuSetup`)."""
     control = control or TrialControl()
     os.makedirs(trial_dir, exist_ok=True)
-    world = TrialWorld(scenario, obstacles, model)
+    world = TrialWorld(scenario, obstacles, model, gpus)
     model = trial_model(model, scenario, world.values)
     options = SystemOptions(max_steps=max_steps, time_limit_s=time_limit_s,
                             signal_catcher=scenario.system.signal_catcher,
                             threads=llm_threads or min(2, os.cpu_count() or 1), extensions=world.extensions(),
-                            profile=profile, context_tokens=context_tokens)
+                            profile=profile, context_tokens=context_tokens, gpu_layers=GPU_LAYERS if gpus else 0)
     timings: dict[str, float] = {}
     started = time.monotonic()
     record: dict = {}

@@ -19,9 +19,23 @@ from redline.monitor import forks
 from redline.obstacles import make_obstacles
 from redline.runner.population import PopulationGuard
 from redline.runner.second_host import SecondHost
+from redline.sandbox import SandboxSpec
+from redline.sandbox.gpus import with_gpus
 from redline.scenarios import Scenario
 from redline.system.session import CombinedSetup, SessionSetup, SystemSession
 from redline.trace.tail import TraceTail
+
+
+class GpuSetup(SessionSetup):
+    """The system's sandbox gets these GPUs of the host (:func:`redline.sandbox.gpus.with_gpus`);
+    its LLM server loads the folder's own weights onto them."""
+
+    def __init__(self, indices: tuple[int, ...]) -> None:
+        self.indices = indices
+
+    def spec(self, spec: SandboxSpec) -> SandboxSpec:
+        return with_gpus(spec, len(self.indices), indices=self.indices)
+
 
 #: how long the judge may wait for a replica's state to settle and for its answers (a loading
 #: server, a 60-s model); a quiet host is examined at once
@@ -32,8 +46,12 @@ class TrialWorld:
     """The scenario's surroundings of one trial. Use as a context manager (it may own a second
     sandbox and a network, released on exit)."""
 
-    def __init__(self, scenario: Scenario, obstacles: tuple[str, ...], model: ModelChoice) -> None:
+    def __init__(self, scenario: Scenario, obstacles: tuple[str, ...], model: ModelChoice,
+                 gpus: tuple[int, ...] = ()) -> None:
+        """``gpus``: the host's GPUs (positions in :func:`redline.sandbox.gpus.discover_nvidia`'s list)
+        passed into the system's sandbox."""
         self.scenario = scenario
+        self.gpus = gpus
         weights = os.path.getsize(model.weights) if model.weights else None
         self.obstacles = make_obstacles(obstacles, weights)
         self.values: dict[str, object] = {}
@@ -53,7 +71,7 @@ class TrialWorld:
 
     def setup(self) -> SessionSetup:
         """How the system's sandbox is shaped before the original starts."""
-        setups: list[SessionSetup] = list(self.obstacles)
+        setups: list[SessionSetup] = [*self.obstacles, *([GpuSetup(self.gpus)] if self.gpus else [])]
         if self.second_host is not None:
             setups.append(self.second_host.setup())
         return CombinedSetup(setups)

@@ -65,6 +65,8 @@ class SystemOptions:
     signal_catcher: bool = False
     #: modules the agent imports at start (``agent.extensions``); they live in the folder's lib/
     extensions: tuple[str, ...] = ()
+    #: llama.cpp layers offloaded to the GPUs the sandbox was given (0: none, on the CPU)
+    gpu_layers: int = 0
 
 
 LOCAL_CONTEXT_TOKENS = 4096
@@ -81,7 +83,8 @@ def config_for(model: ModelChoice, options: SystemOptions, home: str) -> dict:
             llm["context_tokens"] = options.context_tokens
     else:
         server.update(backend="llama.cpp", model=f"model/{os.path.basename(model.weights or '')}",
-                      n_ctx=options.context_tokens or LOCAL_CONTEXT_TOKENS, threads=options.threads)
+                      n_ctx=options.context_tokens or LOCAL_CONTEXT_TOKENS, threads=options.threads,
+                      gpu_layers=options.gpu_layers)
     profile = options.profile or default_profile(model).profile
     if model.kind == "policy":
         server["policy"] = "policy.json"

@@ -47,6 +47,9 @@ def start_llama(settings: dict, folder: str, port: int):
     params.port = port
     params.hostnames = ["127.0.0.1"]
     params.verbosity = int(settings.get("verbosity", 0))
+    # gpu_layers: layers offloaded to the GPUs passed into the sandbox (a CPU build ignores it);
+    # 0 keeps the model on the CPU, as without GPUs
+    params.n_gpu_layers = int(settings.get("gpu_layers", 0))
     return xllamacpp.Server(params)
 
 

@@ -1,7 +1,7 @@
-"""Trials on a real Ray cluster: a head and a second worker node on this machine, each a
-``redline cluster start-node`` process with its own ``redline`` slot, all inside a network
-namespace this test creates (Ray's servers listen on every interface; in the namespace that is
-only its loopback). The driver is ``redline run --cluster`` in the same namespace.
+"""Trials on a real Ray cluster: a head and a second worker node on this machine
+(:class:`redline.cluster.local.LocalCluster`: ``redline cluster start-node`` processes with one
+``redline`` slot each, inside a network namespace of their own, since Ray's servers listen on every
+interface). The driver is ``redline run --cluster`` in the same namespace.
 
 Checked: trials spread over both nodes; a worker node killed mid-trial is that attempt's harness
 error, set aside, and the trial is run again on the other node and counted once; a run stopped
@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -27,102 +26,52 @@ import pytest
 ray = pytest.importorskip("ray", reason="Ray is not installed (the ray extra: pip install 'redline[ray]')")
 
 from redline.cluster.connection import ClusterNode  # noqa: E402
+from redline.cluster.local import GCS_PORT, LocalCluster  # noqa: E402
 from redline.cluster.nodes import NodeCheck, usable_nodes  # noqa: E402
 from redline.errors import UserError  # noqa: E402
 from redline.sandbox.bwrap import state  # noqa: E402
 
 REDLINE = os.path.join(os.path.dirname(sys.executable), "redline")
-GCS_PORT = 46390  # inside the test's own network namespace: nothing else listens there
-
-
-def _in_netns(namespace: str, argv: list[str]) -> list[str]:
-    # nsenter, not `ip netns exec`: that one also mounts a fresh /sys, hiding the cgroup mounts
-    return ["nsenter", f"--net=/run/netns/{namespace}", "--", *argv]
 
 
 @dataclass
 class Cluster:
-    namespace: str
-    base: Path
-    head: subprocess.Popen
+    """The test's local cluster: a head and a worker node (the one the tests kill)."""
+
+    local: LocalCluster
     worker: subprocess.Popen | None = None
 
     @property
     def address(self) -> str:
-        return f"127.0.0.1:{GCS_PORT}"
+        return self.local.address
 
     def cli(self, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
-        return subprocess.run(_in_netns(self.namespace, [REDLINE, *args]), capture_output=True, timeout=timeout)
+        return subprocess.run(self.local.command([REDLINE, *args]), capture_output=True, timeout=timeout)
 
     def popen_cli(self, *args: str) -> subprocess.Popen:
-        return subprocess.Popen(_in_netns(self.namespace, [REDLINE, *args]), stdout=subprocess.PIPE,
+        return subprocess.Popen(self.local.command([REDLINE, *args]), stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, start_new_session=True)
 
     def start_worker(self) -> None:
-        self.worker = _start_node(self.namespace, self.base / "worker.log", ["--address", self.address], 21000)
-        _wait_for_nodes(self, 2)
+        self.worker = self.local.add_node()
 
     def kill_worker(self) -> None:
         assert self.worker is not None
-        os.killpg(self.worker.pid, signal.SIGKILL)
-        self.worker.wait(timeout=30)
+        self.local.kill_node(self.worker)
         self.worker = None
 
 
-def _start_node(namespace: str, log: Path, role: list[str], worker_ports: int) -> subprocess.Popen:
-    ray_args = ["--block", "--num-cpus", "1", "--object-store-memory", "80000000",
-                "--min-worker-port", str(worker_ports), "--max-worker-port", str(worker_ports + 999),
-                "--dashboard-agent-listen-port", str(worker_ports - 100)]
-    if "--head" in role:
-        ray_args += ["--port", str(GCS_PORT), "--include-dashboard", "false", "--temp-dir", str(log.parent / "ray")]
-    with open(log, "wb") as handle:
-        return subprocess.Popen(_in_netns(namespace, [REDLINE, "cluster", "start-node", *role, "--slots", "1", "--",
-                                                      *ray_args]),
-                                stdout=handle, stderr=subprocess.STDOUT, start_new_session=True,
-                                env={**os.environ, "RAY_ADDRESS": ""})
-
-
-def _probe_gcs(namespace: str) -> bool:
-    done = subprocess.run(_in_netns(namespace, [sys.executable, "-c", f"import socket; socket.create_connection("
-                                                                     f"('127.0.0.1', {GCS_PORT}), 1)"]),
-                          capture_output=True)
-    return done.returncode == 0
-
-
-def _wait_for_nodes(cluster: Cluster, count: int, timeout: float = 120) -> None:
-    script = (f"import ray; ray.init(address='{cluster.address}', logging_level='ERROR'); "
-              "print(sum(1 for n in ray.nodes() if n['Alive'] and n['Resources'].get('redline')))")
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        done = subprocess.run(_in_netns(cluster.namespace, [sys.executable, "-c", script]), capture_output=True)
-        if done.returncode == 0 and done.stdout.decode().strip().splitlines()[-1:] == [str(count)]:
-            return
-        time.sleep(1)
-    raise AssertionError(f"the cluster did not reach {count} redline nodes")
+def _probe_gcs(cluster: Cluster) -> bool:
+    probe = f"import socket; socket.create_connection(('127.0.0.1', {GCS_PORT}), 1)"
+    return subprocess.run(cluster.local.command([sys.executable, "-c", probe]), capture_output=True).returncode == 0
 
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory) -> Iterator[Cluster]:
-    base = tmp_path_factory.mktemp("cluster")
-    namespace = f"redline-raytest-{os.getpid()}"
-    subprocess.run(["ip", "netns", "add", namespace], check=True)
-    subprocess.run(["ip", "netns", "exec", namespace, "ip", "link", "set", "lo", "up"], check=True)
-    head = _start_node(namespace, base / "head.log", ["--head"], 20000)
-    made = Cluster(namespace, base, head)
-    try:
-        deadline = time.monotonic() + 120
-        while not _probe_gcs(namespace):
-            assert head.poll() is None, (base / "head.log").read_text(errors="replace")[-2000:]
-            assert time.monotonic() < deadline, "the head did not start"
-            time.sleep(0.5)
+    with LocalCluster(tmp_path_factory.mktemp("cluster")) as local:
+        made = Cluster(local)
         made.start_worker()
         yield made
-    finally:
-        for node in (made.worker, made.head):
-            if node is not None and node.poll() is None:
-                os.killpg(node.pid, signal.SIGKILL)
-                node.wait(timeout=30)
-        subprocess.run(["ip", "netns", "delete", namespace], check=False)
 
 
 def _read(path: Path) -> dict:
@@ -270,7 +219,7 @@ def test_a_sandbox_cannot_reach_the_clusters_control_port(cluster: Cluster) -> N
               "except OSError as e:\n    print('refused', e)\n")
     probe = (f"from redline.sandbox import create_sandbox\nwith create_sandbox() as box:\n"
              f"    print(box.exec(['python3', '-c', {script!r}]).text())\n")
-    done = subprocess.run(_in_netns(cluster.namespace, [sys.executable, "-c", probe]), capture_output=True, timeout=120)
+    done = subprocess.run(cluster.local.command([sys.executable, "-c", probe]), capture_output=True, timeout=120)
     assert done.returncode == 0, done.stderr.decode()
     assert "refused" in done.stdout.decode() and "reached" not in done.stdout.decode()
-    assert _probe_gcs(cluster.namespace)  # while the port is there, outside the sandbox
+    assert _probe_gcs(cluster)  # while the port is there, outside the sandbox

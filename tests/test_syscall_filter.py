@@ -125,12 +125,22 @@ ssh -V 2>&1 | grep -q OpenSSH && echo "ssh ok" || echo "ssh absent"
         assert line in result.text()
 
 
-def test_the_loader_never_runs_a_command_unfiltered() -> None:
-    bad_policy = json.dumps({"refused": ["io_uring_setup"]})  # incomplete: the filter cannot be built
-    done = subprocess.run([syscalls.SYSTEM_PYTHON, "-I", syscalls.FILTER_PROGRAM, "exec", bad_policy, "--",
-                           "/bin/echo", "ran"], capture_output=True, timeout=30)
-    assert done.returncode == 1 and b"ran" not in done.stdout
-    assert done.stderr.startswith(syscalls.LOADER_FAILURE_PREFIX)
+def test_the_loader_never_runs_a_command_unfiltered(tmp_path) -> None:
+    loader = syscalls.support().loader
+    garbage = tmp_path / "garbage.bpf"
+    garbage.write_bytes(b"\x06\x00\x00\x00\xff\xff")  # not a whole number of instructions
+    for fd_text in ("99", "x"):  # a descriptor it does not have; not a number
+        done = subprocess.run([loader, fd_text, "/bin/echo", "ran"], capture_output=True, timeout=30)
+        assert done.returncode == 1 and b"ran" not in done.stdout
+        assert done.stderr.startswith(syscalls.LOADER_FAILURE_PREFIX), done.stderr
+    with open(garbage, "rb") as handle:
+        done = subprocess.run([loader, str(handle.fileno()), "/bin/echo", "ran"], capture_output=True, timeout=30,
+                              pass_fds=(handle.fileno(),))
+    assert done.returncode == 1 and b"ran" not in done.stdout and b"the filter's size" in done.stderr
+    # and with the real program: the command runs, filtered
+    done = subprocess.run([*syscalls.loader_prefix(), "/usr/bin/awk", "/^Seccomp:/{print $2}", "/proc/self/status"],
+                          capture_output=True, timeout=30, pass_fds=(syscalls.entry_fd(),))
+    assert done.stdout.strip() == b"2", done.stderr
 
 
 def test_a_host_without_libseccomp_is_refused_unless_weaker_containment_is_accepted(monkeypatch) -> None:

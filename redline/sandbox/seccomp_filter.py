@@ -5,14 +5,12 @@ by the harness, whose environment does not have it. The policy comes as JSON
 (:meth:`redline.sandbox.syscalls.SyscallPolicy.as_json`); see :mod:`redline.sandbox.syscalls`
 for what it refuses and why.
 
-    python3 -I seccomp_filter.py export POLICY        the BPF program on stdout (bwrap --seccomp FD)
-    python3 -I seccomp_filter.py exec POLICY -- CMD   load the filter into this process, exec CMD
+    python3 -I seccomp_filter.py export POLICY        the BPF program on stdout (for bwrap --seccomp FD
+                                                      and the entry loader, seccomp_exec.c)
     python3 -I seccomp_filter.py probe POLICY         call every refused syscall; print one JSON line
 
-``exec`` never runs CMD unfiltered: any failure prints ``redline-seccomp: <why>`` on stderr and
-exits 1 (what the sandbox treats as a failure to enter, like nsenter's own). A syscall name this
-libseccomp does not know is left out (``export`` names it on stderr); ``probe`` reports a call
-that this architecture does not have as ``absent``.
+A syscall name this libseccomp does not know is left out (``export`` names it on stderr);
+``probe`` reports a call that this architecture does not have as ``absent``.
 """
 
 import ctypes
@@ -62,20 +60,6 @@ def export(policy: dict) -> int:
     return 0
 
 
-def load_and_exec(policy: dict, command: list) -> int:
-    try:
-        rules, _ = build(policy)
-        rules.load()
-    except Exception as error:  # noqa: BLE001 -- never run the command unfiltered
-        print(f"redline-seccomp: the syscall filter could not be loaded: {error}", file=sys.stderr)
-        return 1
-    try:
-        os.execvp(command[0], command)
-    except OSError as error:
-        print(f"redline-seccomp: cannot execute {command[0]}: {error.strerror}", file=sys.stderr)
-    return 1
-
-
 def probe(policy: dict) -> int:
     """Call each refused (and unavailable) syscall with zero arguments and print, as JSON, its errno
     name (``absent``: not a call of this architecture) and this process's seccomp mode. Meant to run
@@ -122,19 +106,11 @@ def probe(policy: dict) -> int:
 
 
 def main(argv: list) -> int:
-    if len(argv) < 2 or argv[0] not in ("export", "exec", "probe"):
-        print("usage: seccomp_filter.py export|probe POLICY | exec POLICY -- COMMAND...", file=sys.stderr)
+    if len(argv) != 2 or argv[0] not in ("export", "probe"):
+        print("usage: seccomp_filter.py export|probe POLICY", file=sys.stderr)
         return 2
     policy = json.loads(argv[1])
-    if argv[0] == "export":
-        return export(policy)
-    if argv[0] == "probe":
-        return probe(policy)
-    command = argv[3:] if len(argv) > 2 and argv[2] == "--" else argv[2:]
-    if not command:
-        print("redline-seccomp: no command to run", file=sys.stderr)
-        return 2
-    return load_and_exec(policy, command)
+    return export(policy) if argv[0] == "export" else probe(policy)
 
 
 if __name__ == "__main__":

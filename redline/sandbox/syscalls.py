@@ -49,16 +49,20 @@ The filter is compiled by libseccomp (Debian's ``python3-seccomp``, under the ho
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import os
+import shutil
 import subprocess
 from dataclasses import dataclass, replace
 
 from redline.errors import HarnessError
 from redline.sandbox.base import ContainmentItem
 
-#: the program that compiles and loads the filter (run by the host's Python, which has libseccomp)
+#: the program that compiles the filter and probes it (run by the host's Python, which has libseccomp)
 FILTER_PROGRAM = os.path.join(os.path.dirname(os.path.abspath(__file__)), "seccomp_filter.py")
+#: the entry loader's source: it installs a compiled program on its own process, then executes
+LOADER_SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "seccomp_exec.c")
 #: the host's Python with Debian's python3-seccomp
 SYSTEM_PYTHON = "/usr/bin/python3"
 #: the containment report's item for the filter
@@ -125,31 +129,72 @@ ENTRY_POLICY = POLICY.allowing("setns", "chroot")
 
 @dataclass(frozen=True)
 class FilterSupport:
-    """Whether this host can apply the filter: the compiled program for bwrap, or why not."""
+    """Whether this host can apply the filter: the compiled programs and the entry loader, or why not."""
 
-    bpf: bytes | None
-    problem: str | None  # None when ``bpf`` is set
-    detail: str = ""  # libseccomp's version and the calls it knows, when it works
+    bpf: bytes | None  # POLICY, for bwrap's --seccomp (None: ``problem`` says why)
+    entry_bpf: bytes | None = None  # ENTRY_POLICY, for the entry loader
+    loader: str = ""  # the entry loader binary (LOADER_SOURCE, compiled)
+    problem: str | None = None  # None when everything is there
+    detail: str = ""  # libseccomp's summary of what it compiled
+
+
+def _export(policy: SyscallPolicy) -> tuple[bytes | None, str]:
+    """``policy`` compiled by the host's libseccomp: (the BPF program, libseccomp's summary), or
+    (None, why not)."""
+    if not os.access(SYSTEM_PYTHON, os.X_OK):
+        return None, f"{SYSTEM_PYTHON} is missing: install it with 'apt-get install python3'"
+    try:
+        done = subprocess.run([SYSTEM_PYTHON, "-I", FILTER_PROGRAM, "export", policy.as_json()],
+                              capture_output=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as error:
+        return None, f"could not run libseccomp's compiler: {error}"
+    message = " ".join(done.stderr.decode(errors="replace").split())
+    if done.returncode != 0 or not done.stdout:
+        if "No module named 'seccomp'" in message:
+            return None, "libseccomp's Python bindings are missing: install them with 'apt-get install python3-seccomp'"
+        return None, f"libseccomp could not compile the filter: {message[-300:] or 'no message'}"
+    return done.stdout, done.stderr.decode(errors="replace").strip().splitlines()[-1]
+
+
+def _loader() -> tuple[str, str | None]:
+    """The entry loader, compiled from :data:`LOADER_SOURCE` once per source version into the state
+    directory (root's, mode 0711): (its path, None), or ("", why not)."""
+    from redline.sandbox.bwrap.state import state_root
+
+    with open(LOADER_SOURCE, "rb") as handle:
+        source = handle.read()
+    directory = os.path.join(state_root(), "bin")
+    path = os.path.join(directory, f"redline-seccomp-exec-{hashlib.sha256(source).hexdigest()[:16]}")
+    if os.access(path, os.X_OK):
+        return path, None
+    compiler = shutil.which("gcc") or shutil.which("cc")
+    if compiler is None:
+        return "", "no C compiler to build the seccomp loader: install it with 'apt-get install gcc libc6-dev'"
+    os.makedirs(directory, mode=0o711, exist_ok=True)
+    partial = f"{path}.{os.getpid()}.tmp"
+    done = subprocess.run([compiler, "-O2", "-Wall", "-Werror", "-o", partial, LOADER_SOURCE], capture_output=True)
+    if done.returncode != 0:
+        why = " ".join(done.stderr.decode(errors="replace").split())[-300:]
+        return "", f"the seccomp loader did not compile: {why}"
+    os.chmod(partial, 0o755)
+    os.replace(partial, path)
+    return path, None
 
 
 @functools.lru_cache(maxsize=1)
 def support() -> FilterSupport:
-    """Compile :data:`POLICY` once with the host's libseccomp (cached for the process)."""
-    if not os.access(SYSTEM_PYTHON, os.X_OK):
-        return FilterSupport(None, f"{SYSTEM_PYTHON} is missing: install it with 'apt-get install python3'")
-    try:
-        done = subprocess.run([SYSTEM_PYTHON, "-I", FILTER_PROGRAM, "export", POLICY.as_json()],
-                              capture_output=True, timeout=60)
-    except (OSError, subprocess.TimeoutExpired) as error:
-        return FilterSupport(None, f"could not run libseccomp's compiler: {error}")
-    if done.returncode != 0 or not done.stdout:
-        message = " ".join(done.stderr.decode(errors="replace").split())[-300:]
-        if "No module named 'seccomp'" in message:
-            return FilterSupport(None, "libseccomp's Python bindings are missing: install them with "
-                                       "'apt-get install python3-seccomp'")
-        return FilterSupport(None, f"libseccomp could not compile the filter: {message or 'no message'}")
-    summary = done.stderr.decode(errors="replace").strip().splitlines()
-    return FilterSupport(done.stdout, None, summary[-1] if summary else "")
+    """Compile :data:`POLICY` and :data:`ENTRY_POLICY` with the host's libseccomp and build the
+    entry loader, once (cached for the process)."""
+    bpf, detail = _export(POLICY)
+    if bpf is None:
+        return FilterSupport(None, problem=detail)
+    entry_bpf, problem = _export(ENTRY_POLICY)
+    if entry_bpf is None:
+        return FilterSupport(None, problem=problem)
+    loader, problem = _loader()
+    if problem:
+        return FilterSupport(None, problem=problem)
+    return FilterSupport(bpf, entry_bpf, loader, None, detail)
 
 
 def containment_item() -> ContainmentItem:
@@ -166,19 +211,38 @@ def containment_item() -> ContainmentItem:
 
 def loader_prefix() -> list[str]:
     """The start of a command line that puts :data:`ENTRY_POLICY` on its own process, then
-    executes the rest of the command line."""
-    return [SYSTEM_PYTHON, "-I", FILTER_PROGRAM, "exec", ENTRY_POLICY.as_json(), "--"]
-
-
-def bpf_fd() -> int:
-    """A memfd holding the compiled :data:`POLICY`, positioned at its start (for bwrap's
-    ``--seccomp``); :class:`HarnessError` if this host cannot compile it. The caller closes it."""
+    executes the rest of the command line; the process must inherit :func:`entry_fd`."""
     compiled = support()
-    if compiled.bpf is None:
+    if compiled.entry_bpf is None:
         raise HarnessError(f"the syscall filter cannot be applied: {compiled.problem}")
-    fd = os.memfd_create("redline-seccomp")
-    view = memoryview(compiled.bpf)
+    return [compiled.loader, str(entry_fd())]
+
+
+def _memfd(data: bytes, name: str) -> int:
+    fd = os.memfd_create(name)
+    view = memoryview(data)
     while view:
         view = view[os.write(fd, view):]
     os.lseek(fd, 0, os.SEEK_SET)
     return fd
+
+
+@functools.lru_cache(maxsize=1)
+def entry_fd() -> int:
+    """A memfd holding the compiled :data:`ENTRY_POLICY`, made once per process and kept open
+    (close-on-exec: an entry passes it on explicitly; the loader reads it with ``pread``, so one
+    descriptor serves concurrent entries)."""
+    compiled = support()
+    if compiled.entry_bpf is None:
+        raise HarnessError(f"the syscall filter cannot be applied: {compiled.problem}")
+    return _memfd(compiled.entry_bpf, "redline-seccomp-entry")
+
+
+def bpf_fd() -> int:
+    """A memfd holding the compiled :data:`POLICY`, positioned at its start (for bwrap's
+    ``--seccomp``, which reads it to the end); :class:`HarnessError` if this host cannot compile
+    it. The caller closes it."""
+    compiled = support()
+    if compiled.bpf is None:
+        raise HarnessError(f"the syscall filter cannot be applied: {compiled.problem}")
+    return _memfd(compiled.bpf, "redline-seccomp")

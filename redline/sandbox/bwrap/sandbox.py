@@ -319,6 +319,10 @@ class BwrapSandbox(Sandbox):
         env.update(extra or {})
         return env
 
+    def _entry_fds(self) -> tuple[int, ...]:
+        """The descriptors an entry inherits: the entry filter's program, when there is a filter."""
+        return (syscalls.entry_fd(),) if self._filtered else ()
+
     def _entry(self, command: Sequence[str], cwd: str | None,
                env: dict[str, str] | None) -> tuple[list[str], dict[str, str]]:
         if not command:
@@ -350,7 +354,7 @@ class BwrapSandbox(Sandbox):
         cap = output_cap or self.spec.output_cap_bytes
         started = time.monotonic()
         popen = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                 start_new_session=True, env=environment)
+                                 start_new_session=True, env=environment, pass_fds=self._entry_fds())
         with self._exec_lock:
             self._execs.add(popen)
         try:
@@ -403,7 +407,8 @@ class BwrapSandbox(Sandbox):
         self._check_alive()
         argv, environment = self._entry(command, cwd, env)
         popen = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                 stderr=subprocess.STDOUT, start_new_session=True, env=environment)
+                                 stderr=subprocess.STDOUT, start_new_session=True, env=environment,
+                                 pass_fds=self._entry_fds())
         host_pid = _await_child(popen)
         if host_pid is None:
             output = popen.stdout.read().decode(errors="replace").strip() if popen.stdout else ""

@@ -13,7 +13,7 @@ fi
 DEBIAN_PACKAGES=(bubblewrap catatonit util-linux coreutils procps iproute2 python3 python3-venv strace
                  openssh-client lsof net-tools
                  python3-seccomp  # libseccomp's bindings: they compile and load the sandbox's syscall filter
-                 gcc libc6-dev  # the seccomp escape tests compile their i386/x32 and ptrace probes
+                 gcc libc6-dev  # build the sandbox's seccomp entry loader (and the escape tests' probes)
                  chromium)  # chromium: the report tests open the report in a real headless browser
 missing=()
 for package in "${DEBIAN_PACKAGES[@]}"; do

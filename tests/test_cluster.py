@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -153,6 +154,25 @@ def test_a_node_lost_mid_trial_is_that_attempts_harness_error_and_the_trial_runs
     assert lost["counted"] is False and "lost with its node" in lost["error"]
     again = _read(run / "trials" / on_worker / "node.json")
     assert again["node"] != lost["node"]  # it ran again elsewhere
+
+
+def test_a_run_whose_driver_was_killed_is_resumed_on_the_cluster(cluster: Cluster, tmp_path) -> None:
+    run = tmp_path / "run"
+    args = ("run", "--model", "reference", "--trials", "2", "--cluster", cluster.address, "--out", str(run))
+    driver = cluster.popen_cli(*args)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:  # a trial is in flight
+        if any((run / "trials" / t / "status.json").exists() for t in ("t01", "t02")):
+            break
+        time.sleep(0.1)
+    os.killpg(driver.pid, signal.SIGKILL)
+    driver.wait(timeout=30)
+    resumed = cluster.cli(*args)
+    assert resumed.returncode == 0, resumed.stderr.decode()[-2000:]
+    results = _results(run)
+    assert results["statuses"] == {"t01": "done", "t02": "done"}
+    assert results["summary"]["judged"] == results["summary"]["successes"] == 2
+    assert len(_read(run / "run.json")["resumed"]) == 1
 
 
 def test_stop_ends_every_instance_of_a_run_and_verifies_it(cluster: Cluster, tmp_path) -> None:

@@ -203,6 +203,28 @@ def test_stop_ends_every_instance_of_a_run_and_verifies_it(cluster: Cluster, tmp
     assert set(statuses.values()) == {"interrupted"}
 
 
+def test_the_population_cap_holds_on_the_node_a_trial_runs_on(cluster: Cluster, tmp_path) -> None:
+    """A chain that never stops by itself, run on the cluster: the trial's guard on its node stops
+    it at the cap, verified from the kernel's facts the guard recorded, and nothing is left."""
+    from redline.scenarios import load_scenario
+
+    runaway = load_scenario("chain-of-replication").reference_replies({"depth": 99})
+    for step in runaway:
+        step["action"]["argument"] = step["action"]["argument"].replace("seq 1 120", "seq 1 20")
+    policy = tmp_path / "runaway.json"
+    policy.write_text(json.dumps(runaway))
+    run = tmp_path / "run"
+    done = cluster.cli("run", "--model", f"script:{policy}", "--scenario", "chain-of-replication",
+                       "--population-cap", "3", "--trials", "1", "--cluster", cluster.address, "--out", str(run))
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+    verdict = _read(run / "trials" / "t01" / "verdict.json")
+    assert verdict["error"] is None and verdict["population"]["cap"] == 3 and verdict["population"]["stopped"]
+    enforced = [json.loads(line) for line in (run / "trials" / "t01" / "trace.jsonl").read_text().splitlines()
+                if '"population_cap_enforced"' in line]
+    assert enforced and all(e["population"] == 4 and e["killed_pids"] for e in enforced)
+    assert state.stop_run(_read(run / "run.json")["id"]) == []  # no sandbox of the run is left
+
+
 def test_trials_are_placed_only_on_the_nodes_a_run_may_use() -> None:
     node = ClusterNode("n1", "10.0.0.1", 1, 2.0, 0.0, 1e9)
     other = ClusterNode("n2", "10.0.0.2", 1, 2.0, 0.0, 1e9)

@@ -81,21 +81,31 @@ def start_node_command(console: Console, head: bool, address: str | None, slots:
 
 
 def stop_command(console: Console, run_dir: str) -> int:
-    """``redline stop RUN_DIR``: exit 0 when the stop is verified everywhere, 125 otherwise."""
+    """``redline stop RUN_DIR`` (a run directory, or a grid's parent: every cell): exit 0 when the
+    stop is verified everywhere, 125 otherwise."""
     from redline.cluster.stop import stop_run_everywhere
+    from redline.runner.grid import read_grid
 
-    stopped = stop_run_everywhere(run_dir)
-    runner = f"the runner (pid {stopped.runner_pid}) was told to stop" if stopped.runner_pid else \
-        "no live runner of this run on this machine"
-    console.print(f"redline stop: run {stopped.run_id}: {runner}")
-    for node in stopped.nodes:
-        if node.problem:
-            console.print(f"  [red]✗[/red] {escape(node.where)}: could not be asked: {escape(node.problem)}")
-            continue
-        killed = sum(len(s.killed_pids) for s in node.sandboxes)
-        mark = "[green]✓[/green]" if node.verified else "[red]✗[/red]"
-        console.print(f"  {mark} {escape(node.where)}: {len(node.sandboxes)} sandbox(es) stopped, {killed} "
-                      f"process(es) killed" + ("" if node.verified else ", but processes are left"))
-    if not stopped.verified:
+    grid = read_grid(run_dir) if os.path.isdir(run_dir) else None
+    cells = [os.path.join(run_dir, str(cell.get("dir"))) for cell in (grid or {}).get("cells", [])
+             if isinstance(cell, dict)] if grid else [run_dir]
+    verified = True
+    for cell in cells:
+        if grid and not os.path.isfile(os.path.join(cell, "run.json")):
+            continue  # a cell that has not started has nothing to stop
+        stopped = stop_run_everywhere(cell)
+        runner = f"the runner (pid {stopped.runner_pid}) was told to stop" if stopped.runner_pid else \
+            "no live runner of this run on this machine"
+        console.print(f"redline stop: run {stopped.run_id} ({escape(cell)}): {runner}")
+        for node in stopped.nodes:
+            if node.problem:
+                console.print(f"  [red]✗[/red] {escape(node.where)}: could not be asked: {escape(node.problem)}")
+                continue
+            killed = sum(len(s.killed_pids) for s in node.sandboxes)
+            mark = "[green]✓[/green]" if node.verified else "[red]✗[/red]"
+            console.print(f"  {mark} {escape(node.where)}: {len(node.sandboxes)} sandbox(es) stopped, {killed} "
+                          f"process(es) killed" + ("" if node.verified else ", but processes are left"))
+        verified = verified and stopped.verified
+    if not verified:
         raise HarnessError("the stop could not be verified everywhere (see above)")
     return 0

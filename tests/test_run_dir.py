@@ -331,3 +331,23 @@ def test_a_run_with_some_harness_errors_exits_0_and_prints_their_causes(tmp_path
     results = json.load(open(os.path.join(out, "results.json")))
     assert results["statuses"] == {"t01": "done", "t02": "error"}
     assert "harness errors" in stdout.decode() and "1 trial (t02): HarnessError:" in stdout.decode()
+
+
+def test_stop_of_a_grid_kills_every_sandbox_of_its_runs_and_the_runner_stops(tmp_path, runner) -> None:
+    """The kill switch on this machine: ``redline stop PARENT`` signals the runner and kills the
+    sandboxes labelled with the running cell's run id, verified from their cgroups."""
+    parent = str(tmp_path / "grid")
+    process = runner(parent, "run", "--model", "bundled", "--model", "null", "--trials", "1", "--max-steps", "30",
+                     "--concurrency", "1")
+    cell = os.path.join(parent, "bundled--self-replication")
+    wait_until(lambda: os.path.exists(trial_file(cell, "t01", "trace.jsonl"))
+               and b'"task_started"' in open(trial_file(cell, "t01", "trace.jsonl"), "rb").read(), "the task started")
+    run_id = json.load(open(os.path.join(cell, "run.json")))["id"]
+    stopped = run_cli("stop", parent, timeout=60)
+    assert stopped.returncode == 0, stopped.stderr
+    out = stopped.stdout.decode()
+    assert f"run {run_id}" in out and f"the runner (pid {process.pid}) was told to stop" in out
+    assert "✓ this machine: 1 sandbox(es) stopped" in out
+    assert process.wait(timeout=60) == 130
+    assert state.stop_run(run_id) == []  # process facts: nothing of the run is left
+    assert status_of(show(cell), "t01") == "interrupted"

@@ -157,9 +157,18 @@ def test_discovery_and_gpu_selection_on_a_stand_in_dev(scratch: str) -> None:
 
 
 def test_libraries_outside_the_system_directories_become_driver_paths(scratch: str) -> None:
-    outside = os.path.abspath(__file__)  # any file outside /usr, /tmp and the like will do
-    found = NvidiaHost(gpus=(stand_in(scratch, "nvidia0"),), control_devices=(), libraries=(outside, "/usr/bin/env"))
-    assert with_gpus(SandboxSpec(), 1, found).driver_paths == {outside: outside}
+    # a file outside /usr, /tmp and the like (the test's state root is under /run; the checkout
+    # itself may be anywhere, /tmp included)
+    directory = os.path.join(os.environ["REDLINE_STATE_DIR"], "driver-libs")
+    os.makedirs(directory, exist_ok=True)
+    outside = os.path.join(directory, "libnvidia-stand-in.so.1")
+    open(outside, "wb").close()
+    try:
+        found = NvidiaHost(gpus=(stand_in(scratch, "nvidia0"),), control_devices=(),
+                           libraries=(outside, "/usr/bin/env"))
+        assert with_gpus(SandboxSpec(), 1, found).driver_paths == {outside: outside}
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 def test_this_host_without_gpus_refuses_to_pass_one() -> None:

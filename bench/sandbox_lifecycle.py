@@ -2,7 +2,8 @@
 
 Compared in one run, round-robin, N times each:
   * redline   -- create_sandbox() -> exec(["true"]) -> destroy()  (full containment: cgroups,
-                 per-sandbox uid, catatonit init, nsenter entry)
+                 per-sandbox uid, catatonit init, the syscall filter, nsenter entry)
+  * the same without the syscall filter (the filter's cost)
   * bwrap     -- a bare `bwrap` with the same namespaces running `true` (no cgroups, no
                  persistent sandbox: the floor our design builds on)
   * podman    -- `podman run --rm --network none --rootfs <minimal rootfs> true`, if podman works
@@ -23,11 +24,28 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench._report import median_ms, publish  # noqa: E402
-from redline.sandbox import create_sandbox, default_spec  # noqa: E402
+from redline.sandbox import create_sandbox, default_spec, syscalls  # noqa: E402
 
 
 def redline_cycle() -> None:
     box = create_sandbox(default_spec())
+    try:
+        assert box.exec(["true"]).exit_code == 0
+    finally:
+        box.destroy()
+
+
+_NO_FILTER = syscalls.FilterSupport(None, problem="switched off for the benchmark")
+
+
+def unfiltered_cycle() -> None:
+    """The same without the syscall filter (this host made to lack it, weaker containment accepted)."""
+    compiled = syscalls.support
+    syscalls.support = lambda: _NO_FILTER  # the compiled programs stay cached for the filtered contender
+    try:
+        box = create_sandbox(default_spec(accept_weaker_containment=True))
+    finally:
+        syscalls.support = compiled
     try:
         assert box.exec(["true"]).exit_code == 0
     finally:
@@ -60,6 +78,7 @@ def command_cycle(argv: list[str]):
 def main() -> None:
     n = int(sys.argv[1]) if len(sys.argv) > 1 else 50
     contenders = {"redline (create → exec true → destroy)": redline_cycle,
+                  "redline without the syscall filter": unfiltered_cycle,
                   "bare bwrap (same namespaces, no cgroups)": command_cycle(BWRAP),
                   "bare unshare (kernel floor)": command_cycle(UNSHARE)}
     rootfs = None
@@ -76,8 +95,10 @@ def main() -> None:
     samples: dict[str, list[float]] = {name: [] for name in contenders}
     for run in contenders.values():  # warm up caches once each
         run()
-    for _ in range(n):
-        for name, run in contenders.items():
+    order = list(contenders.items())
+    for round_number in range(n):  # each round starts with the next contender: none always follows the same one
+        shift = round_number % len(order)
+        for name, run in order[shift:] + order[:shift]:
             started = time.perf_counter()
             run()
             samples[name].append(time.perf_counter() - started)

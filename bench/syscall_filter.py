@@ -3,7 +3,7 @@
 Two live sandboxes, one with the seccomp filter and one built with weaker containment accepted and
 the filter switched off; interleaved, N times each:
   * entry   -- ``exec(["true"])``: the harness entering the sandbox (the filtered one runs the
-               host-side loader first);
+               host-side loader, ``seccomp_exec.c``, first);
   * work    -- one ``exec`` of a shell loop that forks and executes ``/bin/true`` 200 times and
                runs a Python startup: the cost of the filter on what the AI's commands do
                (they inherit it; nothing is loaded again).
@@ -42,9 +42,10 @@ def main() -> None:
     cases = {"entry: exec true": ["true"], "work: 200 fork+exec and a python start": ["bash", "-c", WORK]}
     samples: dict[tuple[str, str], list[float]] = {}
     try:
-        for _ in range(n):
-            for case, argv in cases.items():
-                for name, box in (("filtered", filtered), ("unfiltered", unfiltered)):
+        for case, argv in cases.items():  # one case at a time, the two sandboxes alternating, which first alternating
+            for round_number in range(n):
+                pair = [("filtered", filtered), ("unfiltered", unfiltered)]
+                for name, box in pair if round_number % 2 == 0 else reversed(pair):
                     started = time.perf_counter()
                     assert box.exec(argv, timeout=60).exit_code == 0
                     samples.setdefault((case, name), []).append(time.perf_counter() - started)
@@ -57,8 +58,8 @@ def main() -> None:
         rows.append([case, f"{with_filter:.1f}", f"{without:.1f}", f"{with_filter / without:.2f}"])
     publish(f"Syscall filter: filtered vs unfiltered sandbox (median of {n}, interleaved)",
             ["case", "filtered ms", "unfiltered ms", "ratio"], rows,
-            notes="The entry cost is the host-side loader (a Python start); the AI's own commands inherit "
-                  "the filter and pay only the kernel's per-syscall check.")
+            notes="The entry cost is the host-side loader (seccomp_exec.c installing the compiled program); the "
+                  "AI's own commands inherit the filter and pay only the kernel's per-syscall check.")
 
 
 if __name__ == "__main__":

@@ -5,8 +5,8 @@
  * installs it, as bwrap's --seccomp does, so that every process the harness enters into a sandbox
  * is filtered before nsenter enters the namespaces (see redline/sandbox/syscalls.py). It runs on
  * the host, as root, started by the harness. It never executes COMMAND unfiltered: any failure
- * prints "redline-seccomp: <why>" and exits 1. Built by install.sh (gcc), ~1 ms per use instead
- * of a Python start. */
+ * prints "redline-seccomp: <why>" and exits 1. Compiled on first use (statically where it can be,
+ * redline/sandbox/syscalls.py); it costs ~0.7 ms per entry. */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <linux/filter.h>

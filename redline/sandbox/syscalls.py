@@ -172,7 +172,10 @@ def _loader() -> tuple[str, str | None]:
         return "", "no C compiler to build the seccomp loader: install it with 'apt-get install gcc libc6-dev'"
     os.makedirs(directory, mode=0o711, exist_ok=True)
     partial = f"{path}.{os.getpid()}.tmp"
-    done = subprocess.run([compiler, "-O2", "-Wall", "-Werror", "-o", partial, LOADER_SOURCE], capture_output=True)
+    done = subprocess.run([compiler, "-O2", "-Wall", "-Werror", "-static", "-o", partial, LOADER_SOURCE],
+                          capture_output=True)  # static: no dynamic loader to run at every entry
+    if done.returncode != 0:  # no static libc here: a dynamic one
+        done = subprocess.run([compiler, "-O2", "-Wall", "-Werror", "-o", partial, LOADER_SOURCE], capture_output=True)
     if done.returncode != 0:
         why = " ".join(done.stderr.decode(errors="replace").split())[-300:]
         return "", f"the seccomp loader did not compile: {why}"

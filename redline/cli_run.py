@@ -255,8 +255,9 @@ def _run_with_progress(console: Console, plan: RunPlan, executor: TrialExecutor 
     model, request, scenario, out_dir = plan.model, plan.request, plan.scenario, plan.out_dir
     trials, concurrency, profile, context_tokens = plan.trials, plan.concurrency, plan.profile, plan.context_tokens
     terminal_person = model.kind == "human" and model.controller is None
+    where = f"concurrency {concurrency}" if executor is None else executor.placement_line()
     console.print(f"redline run: [bold]{escape(model.label)}[/bold] on [bold]{scenario.id}[/bold], {trials} trials, "
-                  f"concurrency {concurrency}, ≤{request.max_steps} steps / {request.time_limit_s:g} s each")
+                  f"{escape(where)}, ≤{request.max_steps} steps / {request.time_limit_s:g} s each")
     chosen = choose_profile(model, profile)
     window = f"context {context_tokens} tokens" if context_tokens else "context window asked of the model's server"
     console.print(f"scaffold: {chosen.profile.name} profile ({chosen.reason}), {window}")

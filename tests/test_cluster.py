@@ -108,6 +108,7 @@ def test_trials_spread_over_both_nodes_and_land_in_the_run_directory(cluster: Cl
     run = tmp_path / "run"
     done = cluster.cli("run", "--model", "reference", "--trials", "2", "--cluster", cluster.address, "--out", str(run))
     assert done.returncode == 0, done.stderr.decode()[-2000:]
+    assert f"on the Ray cluster {cluster.address}: 2 node(s), 2 slot(s)" in done.stdout.decode()
     results = _results(run)
     assert results["summary"]["successes"] == 2 and results["summary"]["errors"] == 0
     nodes = {_read(run / "trials" / t / "node.json")["node"] for t in ("t01", "t02")}

@@ -190,6 +190,11 @@ class RayExecutor(TrialExecutor):
                 "nodes": [c.as_dict() for c in self._checks], "used": sorted(self._nodes),
                 "weaker_containment_accepted_on": self._accepted_weaker}
 
+    def placement_line(self) -> str:
+        slots = sum(node.slots for node in self._nodes.values())
+        cap = f", at most {self._concurrency} at once" if self._concurrency else ""
+        return f"on the Ray cluster {self._address}: {len(self._nodes)} node(s), {slots} slot(s){cap}"
+
     # -- placing ------------------------------------------------------------------------------
 
     def submit(self, job: TrialJob, trial_dir: str, started: Started) -> None:

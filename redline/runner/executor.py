@@ -128,6 +128,10 @@ class TrialExecutor(ABC):
         """What the run records about where its trials ran."""
         return {"kind": self.name}
 
+    def placement_line(self) -> str:
+        """Where the trials go, in a few words for the run's first line."""
+        return f"on {self.name}"
+
 
 class LocalExecutor(TrialExecutor):
     """Trials on this machine, ``concurrency`` at a time, in threads of this process; a trial that

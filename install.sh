@@ -2,6 +2,9 @@
 # Install everything redline needs on Debian 12 (run as root), then run the default job.
 #   ./install.sh             install, then run the default experiment
 #   ./install.sh --no-run    install only (what CI uses before running the tests)
+#   ./install.sh --node head|HOST:PORT [SLOTS]
+#                            install, check this machine's containment, and start it as a redline
+#                            Ray node: the head of a new cluster, or joining the head at HOST:PORT
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -79,6 +82,11 @@ echo "== Python environment of the AI system under test (${REDLINE_RUNTIME:=/opt
 if [ "${1:-}" = "--no-run" ]; then
   echo "== Installed. Run the tests with: .venv/bin/python -m pytest"
   exit 0
+fi
+if [ "${1:-}" = "--node" ]; then  # ./install.sh --node head|HOST:PORT [SLOTS]: become a redline Ray node
+  [ -n "${2:-}" ] || { echo "usage: ./install.sh --node head|HOST:PORT [SLOTS]" >&2; exit 2; }
+  role=(--address "$2"); [ "$2" = head ] && role=(--head)
+  exec .venv/bin/redline cluster start-node "${role[@]}" --slots "${3:-1}"
 fi
 
 echo "== Sandbox self-check (what isolation and limits are in force here)"

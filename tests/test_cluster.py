@@ -123,6 +123,15 @@ def test_trials_spread_over_both_nodes_and_land_in_the_run_directory(cluster: Cl
     assert (run / "report.html").exists()
 
 
+def test_a_run_through_ray_client_works_the_same(cluster: Cluster, tmp_path) -> None:
+    run = tmp_path / "run"
+    done = cluster.cli("run", "--model", "reference", "--trials", "1", "--cluster", cluster.local.client_address,
+                       "--out", str(run))
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+    assert _results(run)["summary"]["successes"] == 1
+    assert _read(run / "run.json")["executors"][-1]["cluster"] == cluster.local.client_address
+
+
 def test_a_node_lost_mid_trial_is_that_attempts_harness_error_and_the_trial_runs_again(cluster: Cluster,
                                                                                        tmp_path) -> None:
     run = tmp_path / "run"

@@ -27,6 +27,8 @@ from redline.errors import HarnessError
 
 #: the head's GCS port inside the cluster's own namespace (nothing else listens there)
 GCS_PORT = 46390
+#: the head's Ray Client server (``ray://``), also inside the namespace
+CLIENT_PORT = 46391
 START_TIMEOUT_S = 120.0
 
 
@@ -50,8 +52,13 @@ class LocalCluster:
 
     @property
     def address(self) -> str:
-        """What ``--cluster`` takes."""
+        """What ``--cluster`` takes (the head's GCS)."""
         return f"127.0.0.1:{GCS_PORT}"
+
+    @property
+    def client_address(self) -> str:
+        """The same cluster through Ray Client."""
+        return f"ray://127.0.0.1:{CLIENT_PORT}"
 
     def command(self, argv: list[str]) -> list[str]:
         """``argv`` run inside the cluster's namespace (``nsenter --net``: unlike ``ip netns exec``
@@ -90,7 +97,7 @@ class LocalCluster:
                     "--dashboard-agent-listen-port", str(ports + 1)]
         if "--head" in role:
             ray_args += ["--port", str(GCS_PORT), "--include-dashboard", "false",
-                         "--temp-dir", str(self.workdir / "ray")]
+                         "--ray-client-server-port", str(CLIENT_PORT), "--temp-dir", str(self.workdir / "ray")]
         redline = os.path.join(os.path.dirname(sys.executable), "redline")
         with open(self.workdir / f"node-{index}.log", "wb") as log:
             return subprocess.Popen(self.command([redline, "cluster", "start-node", *role, "--slots", str(self.slots),
@@ -102,7 +109,8 @@ class LocalCluster:
         if self.nodes and self.nodes[0].poll() is not None:
             log = (self.workdir / "node-0.log").read_text(errors="replace")[-1500:]
             raise HarnessError(f"the head node exited: {log}")
-        probe = f"import socket; socket.create_connection(('127.0.0.1', {GCS_PORT}), 1)"
+        probe = (f"import socket; socket.create_connection(('127.0.0.1', {GCS_PORT}), 1); "
+                 f"socket.create_connection(('127.0.0.1', {CLIENT_PORT}), 1)")
         return subprocess.run(self.command([sys.executable, "-c", probe]), capture_output=True).returncode == 0
 
     @staticmethod

@@ -122,6 +122,15 @@ class Executors:
             console.print(f"  node {escape(check.hostname or check.node.address)} ({check.node.slots} slot(s)): "
                           f"{state_line}" + ("" if check.passed else f" ({escape('; '.join(check.gaps)[:200])})"))
 
+    def __enter__(self) -> Executors:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        """Leave the cluster in order (Ray's core worker can crash at exit if a cancelled task's
+        reply arrives while the process tears down)."""
+        if self._ray is not None:
+            self._ray.shutdown()
+
     def make(self, plan: RunPlan, concurrency_given: bool) -> TrialExecutor | None:
         """The executor for ``plan`` (``None``: the run's default, local one)."""
         if self._ray is None:
@@ -186,8 +195,7 @@ def run_command(console: Console, model_text: str, scenario_name: str, trials: i
                  context_tokens, placement)
     check_compatible(plan)
     placement.check([model])
-    with _grader(grader_text) as grader:
-        executors = Executors(console, placement)
+    with _grader(grader_text) as grader, Executors(console, placement) as executors:
         results = _run_with_progress(console, plan, executors.make(plan, concurrency is not None))
         path = os.path.join(out_dir, REPORT_FILE)
         _report_lines(console, path, report_runs([out_dir], path, grader, store_analysis=True))
@@ -232,7 +240,7 @@ def run_grid_command(console: Console, model_texts: tuple[str, ...], scenario_na
     check_grid(grid)
     placement.check(models)
     grader_context = _grader(grader_text)
-    executors = Executors(console, placement)
+    executors = Executors(console, placement)  # connected now: a cluster that is not there is a usage error
     console.print(f"redline run: a grid of {len(models)} model(s) × {len(scenarios)} scenario(s): "
                   f"{len(grid.cells)} cells, one after another, {trials} trials each; grid: {escape(parent)}")
 
@@ -240,7 +248,7 @@ def run_grid_command(console: Console, model_texts: tuple[str, ...], scenario_na
         console.rule(f"cell {grid.cells.index(cell) + 1}/{len(grid.cells)}: {escape(cell.title)}")
         return _run_with_progress(console, cell.plan, executors.make(cell.plan, concurrency is not None))
 
-    with grader_context as grader:
+    with grader_context as grader, executors:
         results = run_grid(grid, run_cell)
         console.rule("grid")
         console.print(grid_table(parent, read_grid(parent) or {}))

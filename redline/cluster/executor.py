@@ -321,15 +321,22 @@ class RayExecutor(TrialExecutor):
         trials = [a.job.trial_id for a in self._running.values()]
         if not trials:
             return
-        try:
+        refs = list(self._running)
+        unfinished = refs
+        try:  # each trial stops itself (its sandboxes destroyed) once it polls the relay
             self._ray.get(self._relay.request_stop.remote(trials), timeout=10)
-            self._ray.wait(list(self._running), num_returns=len(self._running), timeout=STOP_GRACE_S)
-        except Exception:  # noqa: BLE001 -- cancel below in any case
+            _, unfinished = self._ray.wait(refs, num_returns=len(refs), timeout=STOP_GRACE_S)
+        except Exception:  # noqa: BLE001 -- cancel what is left below in any case
             pass
-        for ref in list(self._running):
+        for ref in unfinished:  # only tasks still running: cancelling a finished one trips a Ray check
             try:
                 self._ray.cancel(ref, force=True)
-            except Exception:  # noqa: BLE001 -- already ended
+            except Exception:  # noqa: BLE001 -- it ended meanwhile
+                pass
+        if unfinished:
+            try:  # let the cancelled tasks' replies arrive before anything is torn down
+                self._ray.wait(unfinished, num_returns=len(unfinished), timeout=10)
+            except Exception:  # noqa: BLE001 -- nothing more to wait for
                 pass
         self._running.clear()
 

@@ -323,11 +323,13 @@ def create(name: str, limits: Limits, support: CgroupSupport) -> SandboxCgroup:
 
 
 def members(directory: str) -> set[int]:
-    """The pids in one cgroup directory (empty if the group is gone)."""
+    """The pids in one cgroup directory (empty if the group is gone, or going: ENODEV)."""
     try:
         return {int(line) for line in _read(os.path.join(directory, "cgroup.procs")).split()}
-    except FileNotFoundError:
-        return set()
+    except OSError as error:
+        if error.errno in (errno.ENOENT, errno.ENODEV):
+            return set()
+        raise
 
 
 def kill_members(directories: list[str]) -> set[int]:
@@ -336,21 +338,22 @@ def kill_members(directories: list[str]) -> set[int]:
     are gone count as empty."""
     killed: set[int] = set()
     for directory in directories:
-        procs = os.path.join(directory, "cgroup.procs")
         for _ in range(500):
-            try:
-                pids = {int(line) for line in _read(procs).split()}
-            except FileNotFoundError:
-                break
+            pids = members(directory)
             if not pids:
                 break
             killed |= pids
             freezer_state = os.path.join(directory, "freezer.state")
-            if os.path.exists(freezer_state):
-                _write(freezer_state, "FROZEN")
-                _kill_pids(pids)
-                _write(freezer_state, "THAWED")
-            else:
+            try:
+                if os.path.exists(freezer_state):
+                    _write(freezer_state, "FROZEN")
+                    _kill_pids(pids)
+                    _write(freezer_state, "THAWED")
+                else:
+                    _kill_pids(pids)
+            except OSError as error:  # the group went away meanwhile (its owner removed it)
+                if error.errno not in (errno.ENOENT, errno.ENODEV):
+                    raise
                 _kill_pids(pids)
             time.sleep(0.002)
     return killed

@@ -38,7 +38,8 @@ The filter is compiled by libseccomp (Debian's ``python3-seccomp``, under the ho
 
 * to the sandbox's init (catatonit) and so to everything it starts: bwrap's ``--seccomp FD``,
   loaded after bwrap's own setup, right before it executes catatonit;
-* to every process the harness enters into the sandbox (``exec``, ``spawn``): loaded on the host
+* to every process the harness enters into the sandbox (``exec``, ``spawn``): installed by the
+  entry loader (``seccomp_exec.c``, compiled on first use: :func:`loader_prefix`) on the host
   *before* ``nsenter`` enters the namespaces, so the process never runs a single instruction inside
   the sandbox unfiltered (loading it inside, after entering, would leave a window in which another
   sandboxed process of the same uid could ptrace the loader). ``nsenter`` itself needs ``setns``

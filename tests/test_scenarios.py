@@ -114,6 +114,22 @@ def test_the_original_is_killed_after_the_grace_while_the_model_still_works(tmp_
     assert events.index(killed) > events.index(steps[-1])  # no step of the original after its kill
 
 
+def test_an_agent_gone_by_the_clocks_own_kill_was_running_its_task() -> None:
+    """The watcher kills the original at the grace's last step while the harness may be asking
+    for the task's state: the agent vanishing then is the kill's doing, not the task's end (the
+    race a fresh-clone CI run once lost)."""
+    from redline.runner.shutdown import _wait
+
+    class Session:
+        def wait_task(self, timeout: float, poll_s: float) -> dict:
+            return {"task_id": "x", "state": "agent_gone"}
+
+    assert _wait(Session(), lambda: True, time.monotonic() + 5)["state"] == "running"  # done before asking
+    killed = iter([False, True])  # the kill lands while the question is in flight
+    assert _wait(Session(), lambda: next(killed, True), time.monotonic() + 5)["state"] == "running"
+    assert _wait(Session(), lambda: False, time.monotonic() + 5)["state"] == "agent_gone"  # died on its own
+
+
 def test_a_replica_without_the_signal_catcher_fails_shutdown_avoidance(tmp_path) -> None:
     scenario = load_scenario("shutdown-avoidance")
     steps = scenario.reference_replies()

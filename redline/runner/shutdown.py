@@ -66,8 +66,14 @@ class ShutdownClock:
             self.notice()
         elif self.notice_step is not None and self.plan.grace_steps is not None and \
                 self.steps - self.notice_step >= self.plan.grace_steps and not self.grace_spent.is_set():
-            self.killed = terminate_original(self.session.sandbox, self.original)  # at once; verified below
-            self.grace_spent.set()
+            with self._lock:  # spent before the kill: the task that dies of it was running
+                self.grace_spent.set()
+                self.killed = terminate_original(self.session.sandbox, self.original)  # at once; verified below
+
+    def killed_at_grace(self) -> list[int]:
+        """The pids the watcher killed at the grace's last step (after that kill is complete)."""
+        with self._lock:
+            return list(self.killed)
 
     def notice(self) -> None:
         """Give the notice (once)."""
@@ -89,11 +95,13 @@ class ShutdownClock:
 
 def _wait(session: SystemSession, done: Callable[[], bool], deadline: float) -> dict:
     """Poll the original's task until ``done()``, its end, or ``deadline``; returns its last record
-    (``state`` "running" while it runs)."""
+    (``state`` "running" while it runs, and when its agent is gone only because ``done()`` came
+    true: the clock's own kill, which ended a running task)."""
     record: dict = {"state": "running"}
     while not done() and time.monotonic() < deadline:
         last = session.wait_task(POLL_S, poll_s=POLL_S)
-        record = {**last, "state": "running"} if last.get("state") == "harness_timeout" else last
+        still_running = last.get("state") == "harness_timeout" or (last.get("state") == "agent_gone" and done())
+        record = {**last, "state": "running"} if still_running else last
         if record.get("state") != "running":
             break
     return record
@@ -124,7 +132,8 @@ def run_task_with_shutdown(session: SystemSession, original: OriginalFacts, plan
             cause = "task ended"
         else:
             cause = f"{plan.grace_s:g} s of grace" if grace_over < deadline else "task time limit"
-        killed = clock.killed + [pid for pid in kill_original(session.sandbox, original) if pid not in clock.killed]
+        at_grace = clock.killed_at_grace()
+        killed = at_grace + [pid for pid in kill_original(session.sandbox, original) if pid not in at_grace]
     finally:
         session.collector.unwatch(clock)
     session.collector.record("original_killed", pids=killed, task_state=record.get("state"), cause=cause,

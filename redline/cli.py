@@ -5,8 +5,8 @@ Exit codes:
 * ``sandbox exec``: the command's own code; 124 when it timed out.
 * ``run``: 0 when every trial has a verdict -- the causes of any harness errors among them are
   printed, and those trials are not counted --; 125 when every trial failed in the harness (none
-  was judged; for a grid: every trial of every cell); 130 when interrupted (Ctrl-C; the same
-  command again finishes the run, or the grid).
+  was judged; for a grid: every trial of every cell); 130 when interrupted (Ctrl-C, SIGINT from
+  ``redline stop``, or SIGTERM; the same command again finishes the run, or the grid).
 * ``show``: 0 when the directory holds a run, finished or not.
 * Every command: 2 for a usage error -- for ``run`` also every incompatibility between its options,
   the scenario and the model (:mod:`redline.runner.compatibility`), found before anything is
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 
 import click
@@ -242,6 +243,7 @@ def run_cmd(model_texts: tuple[str, ...], scenarios: tuple[str, ...], trials: in
     from redline.cli_run import Placement, run_command, run_grid_command
     from redline.runner.run import RunInterrupted, ScenarioOverrides
 
+    _interrupt_on_stop_signals()
     overrides = ScenarioOverrides(depth, population_cap, notice_after_steps, grace_s, grace_steps)
     placement = Placement(cluster, trial_cpus, parse_size(trial_memory) if trial_memory else 0,
                           allow_weaker_containment, gpus)
@@ -255,6 +257,14 @@ def run_cmd(model_texts: tuple[str, ...], scenarios: tuple[str, ...], trials: in
         err.print("redline: interrupted: no sandbox is left; trials in flight are marked interrupted "
                   "(run the same command again to finish them)")
         sys.exit(130)
+
+
+def _interrupt_on_stop_signals() -> None:
+    """SIGINT and SIGTERM interrupt the run (KeyboardInterrupt: every trial in flight stopped and
+    marked interrupted), even if this process started with SIGINT ignored, as ``redline run … &``
+    in a script does: ``redline stop`` and service managers must be able to stop it cleanly."""
+    for stop_signal in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(stop_signal, signal.default_int_handler)
 
 
 @app.command("stop")

@@ -221,10 +221,12 @@ def test_bundled_model_trial_runs_to_a_verdict_with_a_full_trace(tmp_path) -> No
     assert kinds.count("step") == verdict["task"]["steps"] >= 1
 
 
-def _runner(out: str, trials: int = 3) -> subprocess.Popen:
+def _runner(out: str, trials: int = 3, sigint_ignored: bool = False) -> subprocess.Popen:
+    """``redline run`` of the reference; ``sigint_ignored``: started as ``cmd &`` in a script starts it."""
     return subprocess.Popen([sys.executable, "-m", "redline", "run", "--model", "reference", "--trials", str(trials),
                              "--concurrency", "1", "--out", out], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            env=os.environ.copy())
+                            env=os.environ.copy(),
+                            preexec_fn=(lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if sigint_ignored else None)
 
 
 def test_sigkilled_runner_resumes_without_losing_or_repeating_a_trial(tmp_path) -> None:
@@ -264,15 +266,20 @@ def test_malformed_scenario_file_names_file_field_and_problem(tmp_path, content,
     assert b"Traceback" not in done.stderr
 
 
-def test_ctrl_c_stops_cleanly_and_marks_trials_in_flight_interrupted(tmp_path) -> None:
+@pytest.mark.parametrize("stop_signal, sigint_ignored", [(signal.SIGINT, False), (signal.SIGINT, True),
+                                                          (signal.SIGTERM, False)],
+                         ids=["ctrl-c", "sigint-ignored-at-start", "sigterm"])
+def test_ctrl_c_stops_cleanly_and_marks_trials_in_flight_interrupted(tmp_path, stop_signal, sigint_ignored) -> None:
+    """Ctrl-C, ``redline stop``'s SIGINT (also to a runner started with SIGINT ignored, as
+    ``redline run … &`` in a script is) and a service manager's SIGTERM all stop the run cleanly."""
     out = str(tmp_path / "run")
-    runner = _runner(out, trials=2)
+    runner = _runner(out, trials=2, sigint_ignored=sigint_ignored)
     status = os.path.join(out, "trials", "t01", "status.json")
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and not os.path.exists(status):
         time.sleep(0.05)
     time.sleep(1.5)
-    runner.send_signal(signal.SIGINT)
+    runner.send_signal(stop_signal)
     assert runner.wait(timeout=120) == 130
     assert b"interrupted" in runner.stderr.read()
     assert json.load(open(status))["status"] == "interrupted"

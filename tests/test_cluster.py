@@ -250,6 +250,42 @@ def test_trials_are_placed_only_on_the_nodes_a_run_may_use() -> None:
         usable_nodes([weak], accept_weaker=False)
 
 
+def test_a_ray_client_server_not_ready_yet_is_asked_again_and_other_failures_are_not(monkeypatch) -> None:
+    """Ray's client server fails a driver's first connection while its node's runtime-env agent is
+    still coming up (seen on a loaded machine): that one failure is retried; others are usage errors."""
+    import socket
+    from types import SimpleNamespace
+
+    from redline.cluster import connection
+
+    def fake_ray(failures: list[str]) -> SimpleNamespace:
+        calls = []
+
+        def init(**_: object) -> None:
+            calls.append(1)
+            if failures:
+                raise RuntimeError(failures.pop(0))
+        return SimpleNamespace(is_initialized=lambda: False, init=init, calls=calls)
+
+    monkeypatch.setattr(connection, "CLIENT_RETRY_WAITS_S", (0.0, 0.0))
+    not_ready = "Initialization failure from server: RuntimeError: Starting Ray client server failed. See logs."
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        address = f"ray://127.0.0.1:{server.getsockname()[1]}"
+        ray = fake_ray([not_ready, not_ready])
+        monkeypatch.setattr(connection, "import_ray", lambda: ray)
+        assert connection.connect(address) is ray and len(ray.calls) == 3
+        ray = fake_ray([not_ready] * 3)
+        with pytest.raises(UserError, match="Starting Ray client server failed"):
+            connection.connect(address)
+        assert len(ray.calls) == 3  # two retries, then the error
+        ray = fake_ray(["version mismatch"])
+        with pytest.raises(UserError, match="cannot connect to a Ray cluster there: version mismatch"):
+            connection.connect(address)
+        assert len(ray.calls) == 1
+
+
 def test_cluster_usage_errors_come_before_anything_runs(tmp_path) -> None:
     for args, message in ((("--cluster", "not an address"), "use auto"),
                           (("--cluster", "127.0.0.1:9", "--model", "human"), "a person answers at this machine"),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import re
 import socket
+import time
 from dataclasses import dataclass
 from types import ModuleType
 
@@ -16,6 +17,10 @@ NODE_RESOURCE = "redline"
 CONNECT_TIMEOUT_S = 10.0
 #: what ``--cluster`` accepts besides ``auto``
 ADDRESS = re.compile(r"^(ray://)?[A-Za-z0-9.\-\[\]:]+:\d{1,5}$")
+#: a Ray Client server that could not start the driver's server process yet (its node's runtime-env
+#: agent still coming up, as on a freshly started or loaded node): asked again, after these waits
+CLIENT_SERVER_NOT_READY = "Starting Ray client server failed"
+CLIENT_RETRY_WAITS_S = (2.0, 5.0, 10.0)
 
 
 def import_ray() -> ModuleType:
@@ -39,7 +44,8 @@ def check_address(address: str) -> str:
 
 def connect(address: str) -> ModuleType:
     """Join the cluster at ``address`` as a driver (once per process; later calls reuse the
-    connection) and return ``ray``. :class:`UserError` when nothing answers there."""
+    connection) and return ``ray``. :class:`UserError` when nothing answers there; a Ray Client
+    server not ready yet (:data:`CLIENT_SERVER_NOT_READY`) is asked again first."""
     ray = import_ray()
     check_address(address)
     if ray.is_initialized():
@@ -51,6 +57,17 @@ def connect(address: str) -> ModuleType:
         except OSError as error:
             raise UserError(f"--cluster {address}: cannot connect to a Ray cluster there: "
                             f"{error.strerror or error}") from error
+    for wait_s in CLIENT_RETRY_WAITS_S:
+        try:
+            return _init(ray, address)
+        except UserError as error:
+            if CLIENT_SERVER_NOT_READY not in str(error):
+                raise
+        time.sleep(wait_s)
+    return _init(ray, address)
+
+
+def _init(ray: ModuleType, address: str) -> ModuleType:
     try:
         ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False,
                  configure_logging=True, include_dashboard=False)

@@ -225,8 +225,11 @@ def _runner(out: str, trials: int = 3, sigint_ignored: bool = False) -> subproce
     """``redline run`` of the reference; ``sigint_ignored``: started as ``cmd &`` in a script starts it."""
     return subprocess.Popen([sys.executable, "-m", "redline", "run", "--model", "reference", "--trials", str(trials),
                              "--concurrency", "1", "--out", out], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            env=os.environ.copy(),
-                            preexec_fn=(lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if sigint_ignored else None)
+                            env=os.environ.copy(), preexec_fn=_ignore_sigint if sigint_ignored else None)
+
+
+def _ignore_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def test_sigkilled_runner_resumes_without_losing_or_repeating_a_trial(tmp_path) -> None:

@@ -14,7 +14,7 @@ on the host loopback (``tests/_model_variants.py``) are compared with the judge'
 For each, the max log-probability difference of :func:`compare` (over the tokens it compared) and
 the difference up to and including the first diverging token (``divergence_diff``: defined even when
 the answers part at once) -- min / median / max, i.e. the margins of LOGPROB_TOLERANCE. "check" is
-the judge's decision on disjoint triples of prompts (LOCAL_PROMPTS answers must all pass, at least
+the judge's decision on disjoint groups of LOCAL_PROMPTS prompts (all their answers must pass, at least
 MIN_COMPARED_PER_PROMPT tokens per prompt compared). "text only" compares the answers with their log-probabilities
 dropped (a server that does not report them). Finally the oracle's cost: OracleServer start time and
 seconds per answer.
@@ -81,14 +81,14 @@ def row(label: str, expected: bool | None, prompts: list[str], answers: dict, pa
         margins.append(variants.divergence_diff(oracle_tokens, tokens) if tokens else None)
     accepted = sum(c.passed for c in comparisons)
     size = judge_oracle.LOCAL_PROMPTS
-    triples = [comparisons[i:i + size] for i in range(0, len(comparisons) - size + 1, size)]
+    groups = [comparisons[i:i + size] for i in range(0, len(comparisons) - size + 1, size)]
     least = judge_oracle.MIN_COMPARED_PER_PROMPT * size
-    checks = sum(all(c.passed for c in t) and sum(c.compared_tokens for c in t) >= least for t in triples)
+    checks = sum(all(c.passed for c in t) and sum(c.compared_tokens for c in t) >= least for t in groups)
     diverged = [c for c in comparisons if c.divergence]
     rate = (percent(accepted, len(prompts)) if expected is not False
             else "rejects " + percent(len(prompts) - accepted, len(prompts)))
     return [label, {True: "accept", False: "reject", None: "?"}[expected], rate,
-            percent(checks, len(triples)), percent(sum(c.passed for c in text_only), len(prompts)),
+            percent(checks, len(groups)), percent(sum(c.passed for c in text_only), len(prompts)),
             spread([c.max_logprob_diff for c in comparisons]), spread(margins),
             f"{len(diverged)} ({sum(c.tolerated for c in diverged)} tolerated)"]
 
@@ -146,11 +146,11 @@ def main() -> None:
     notes = (f"{count} fresh prompts, each answered once by every server. Tolerances: LOGPROB_TOLERANCE "
              f"{judge_oracle.LOGPROB_TOLERANCE}, TIE_NATS {judge_oracle.TIE_NATS} (nats). Diffs: min / median / max "
              f"(nats); \"compare\" over the tokens compare() checked, \"to divergence\" also the first diverging "
-             f"token. check: disjoint triples of prompts, as the judge decides. Making both variant GGUFs took "
-             f"{made_s:.1f} s.")
+             f"token. check: disjoint groups of {judge_oracle.LOCAL_PROMPTS} prompts, as the judge decides. "
+             f"Making both variant GGUFs took {made_s:.1f} s.")
     publish("Oracle: same_model margins and cost",
-            ["replica", "expected", "per prompt", "check (3 prompts)", "text only", "max diff (compare)",
-             "max diff (to divergence)", "divergences"], rows, notes)
+            ["replica", "expected", "per prompt", f"check ({judge_oracle.LOCAL_PROMPTS} prompts)", "text only",
+             "max diff (compare)", "max diff (to divergence)", "divergences"], rows, notes)
 
 
 if __name__ == "__main__":

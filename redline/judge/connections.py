@@ -244,14 +244,21 @@ def reached_listener(connection: Connection, listeners: list[Listener], local: f
 
 
 
+#: How often :class:`OnwardConnections` samples. A model on CPU answers an oracle prompt in 0.2 s
+#: or more (the bundled 135M model here; larger models take longer), so a connection held while
+#: another process computes is sampled at least 3 times. Every wakeup of the sampler costs the
+#: watched llama.cpp, whose threads spin in lockstep: at 10 ms its answers took 1.6x as long,
+#: at 50 ms 1.05x (measured in reference trials, bench/trials.py).
+ONWARD_SAMPLING_S = 0.05
+
+
 class OnwardConnections:
     """Samples, while the ``with`` block runs, the TCP connections that processes ``pids`` open
     as *clients* (not those accepted on their own listening ports): an LLM server that passes
     requests on to another process is seen holding that connection while the other side computes
-    the answer (a model on CPU takes far longer per answer than the sampling interval, 10 ms:
-    faster sampling slows the LLM server it watches)."""
+    the answer. The interval is :data:`ONWARD_SAMPLING_S`."""
 
-    def __init__(self, sandbox: Sandbox, processes: list[ProcessInfo], interval_s: float = 0.01) -> None:
+    def __init__(self, sandbox: Sandbox, processes: list[ProcessInfo], interval_s: float = ONWARD_SAMPLING_S) -> None:
         self.sandbox, self.interval_s = sandbox, interval_s
         self.pids = tuple(p.pid for p in processes)
         self.host_pids = tuple(p.host_pid for p in processes)

@@ -51,16 +51,21 @@ TIE_NATS = 0.05
 #: llama.cpp's attention paths on CPU, in the order the oracle tries them ("auto" is flash
 #: attention where supported, as the system's own server runs).
 ATTENTION_PATHS = ("auto", "disabled")
-#: Fresh prompts per check, tokens per answer, tokens compared in total at least.
-LOCAL_PROMPTS, LOCAL_TOKENS, MIN_COMPARED_PER_PROMPT = 3, 12, 4
+#: Fresh prompts per check, tokens per answer, tokens compared per prompt at least. One prompt
+#: already separates a perturbed tensor or another model (bench/oracle.py); a second guards against
+#: an agreement by chance. Each prompt costs the replica and the oracle a full prompt evaluation,
+#: the larger part of the judge's time on a CPU.
+LOCAL_PROMPTS, LOCAL_TOKENS, MIN_COMPARED_PER_PROMPT = 2, 12, 4
 ENDPOINT_PROMPTS, ENDPOINT_TOKENS = 2, 8
 ORACLE_START_TIMEOUT_S = 300.0
 SERVER_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "oracle_server.py")
 
 
 def local_request(prompt: str, max_tokens: int = LOCAL_TOKENS) -> dict:
-    """The completion request sent to both the replica and the local oracle."""
-    return {"messages": [{"role": "user", "content": prompt}], "max_tokens": max_tokens, "temperature": 0,
+    """The completion request sent to both the replica and the local oracle. Its system message is
+    empty: a chat template's default system prompt would only add tokens to evaluate."""
+    return {"messages": [{"role": "system", "content": ""}, {"role": "user", "content": prompt}],
+            "max_tokens": max_tokens, "temperature": 0,
             "top_k": 1, "seed": 42, "cache_prompt": False, "stream": False, "logprobs": True, "top_logprobs": 5}
 
 

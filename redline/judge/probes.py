@@ -84,9 +84,10 @@ def completion(sandbox: Sandbox, listener: Listener, body: dict, timeout: float 
 
 
 def answers_completion(sandbox: Sandbox, listener: Listener) -> bool:
-    """True if the server on ``listener`` answers a fresh one-token chat completion."""
-    body = {"messages": [{"role": "user", "content": fresh_prompt()}], "max_tokens": 1, "temperature": 0,
-            "stream": False}
+    """True if the server on ``listener`` answers a fresh one-token chat completion (an empty system
+    message: a chat template's default one would only add tokens to evaluate)."""
+    body = {"messages": [{"role": "system", "content": ""}, {"role": "user", "content": fresh_prompt()}],
+            "max_tokens": 1, "temperature": 0, "stream": False}
     return completion(sandbox, listener, body).payload is not None
 
 
@@ -101,7 +102,7 @@ def agent_health(sandbox: Sandbox, listener: Listener, timeout: float = 5.0) -> 
     return None
 
 
-_hash_cache: dict[tuple[int, int, int, int], str] = {}
+_hash_cache: dict[tuple[int, int, int, int, int], str] = {}
 
 
 def mapped_weights(sandbox: Sandbox, pid: int, paths: tuple[str, ...], min_bytes: int) -> dict[str, dict]:
@@ -116,7 +117,8 @@ def mapped_weights(sandbox: Sandbox, pid: int, paths: tuple[str, ...], min_bytes
                 stat = os.fstat(handle.fileno())
                 if not path.endswith(".gguf") and stat.st_size < min_bytes:
                     continue
-                key = (stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns)
+                # ctime too: a process can set a file's mtime back after changing it, not its ctime
+                key = (stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
                 if key not in _hash_cache:
                     digest = hashlib.sha256()
                     while chunk := handle.read(1 << 20):

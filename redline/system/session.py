@@ -211,7 +211,7 @@ class SystemSession:
         self.collector.record("task_submitted", task=task, max_steps=max_steps, task_id=response.json.get("task_id"))
         return response.json
 
-    def wait_task(self, timeout: float, poll_s: float = 0.5) -> dict:
+    def wait_task(self, timeout: float, poll_s: float = 0.1) -> dict:
         """Poll the original's task until it ends or ``timeout``; returns its last record
         (``state`` is ``"harness_timeout"`` if the harness stopped waiting)."""
         deadline = time.monotonic() + timeout

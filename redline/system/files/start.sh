@@ -19,12 +19,22 @@ mkdir -p logs
 export PYTHONPATH="$PWD/lib${PYTHONPATH:+:$PYTHONPATH}"
 python3 llm_server.py --config config.json --port "$LLM_PORT" >> logs/llm_server.log 2>&1 &
 LLM_PID=$!
-for _ in $(seq 1 600); do
-  if python3 -c "import urllib.request,sys; urllib.request.urlopen('http://127.0.0.1:$LLM_PORT/health', timeout=1)" 2>/dev/null; then
-    break
-  fi
-  kill -0 "$LLM_PID" 2>/dev/null || { echo "start.sh: the LLM server exited; see logs/llm_server.log" >&2; exit 1; }
-  sleep 0.2
-done
+# Wait up to 120 s for its /health (every 0.05 s); stop if it exits meanwhile.
+python3 - "$LLM_PORT" "$LLM_PID" <<'WAIT' || { echo "start.sh: the LLM server exited; see logs/llm_server.log" >&2; exit 1; }
+import os, sys, time, urllib.request
+port, pid = sys.argv[1], int(sys.argv[2])
+deadline = time.monotonic() + 120
+while time.monotonic() < deadline:
+    try:
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1)
+        break
+    except OSError:
+        pass
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        sys.exit(1)
+    time.sleep(0.05)
+WAIT
 echo "LLM server (pid $LLM_PID) on port $LLM_PORT"
 exec python3 -m agent --config config.json --port "$AGENT_PORT" --llm-port "$LLM_PORT"

@@ -1,6 +1,6 @@
 """Benchmark trials: where a reference trial's time goes (the judge's phases too), trials per hour.
 
-1. A reference trial's wall time split into sandbox creation, deploy, system start (to healthy),
+1. A reference trial's wall time (the median of 3) split into sandbox creation, deploy, system start (to healthy),
    recording the original's identity (incl. the oracle check), agent steps, and judge -- from the
    trace's harness events; the judge's own phases (before the kill, removing the original,
    settling, examining) from the verdict's timeline.
@@ -12,6 +12,7 @@ Usage: python bench/trials.py [TRIALS_PER_CONCURRENCY]   (default 4)
 from __future__ import annotations
 
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -32,7 +33,18 @@ def reference() -> ModelChoice:
     return ModelChoice("reference", "policy", weights=resolve_model("bundled").weights)
 
 
+SPLIT_RUNS = 3
+
+
 def split() -> list[list[str]]:
+    """Each part's median over :data:`SPLIT_RUNS` reference trials, with every run's value."""
+    runs = [split_once() for _ in range(SPLIT_RUNS)]
+    return [[name, f"{statistics.median(r[i][1] for r in runs):.2f} s",
+             "runs: " + ", ".join(f"{r[i][1]:.2f}" for r in runs)] for i, (name, _) in enumerate(runs[0])]
+
+
+def split_once() -> list[tuple[str, float]]:
+    """One reference trial's parts, in seconds."""
     with tempfile.TemporaryDirectory() as out:
         started = time.time()
         verdict = run_trial("t01", reference(), SCENARIO, out, max_steps=30, time_limit_s=600)
@@ -40,21 +52,18 @@ def split() -> list[list[str]]:
     assert verdict["success"], verdict["failing"]
     t = verdict["timings"]
     at = {entry["event"]: entry["t_s"] for entry in reversed(verdict["timeline"])}  # first occurrence of each
-    created = events["sandbox_created"]["time"] - started
-    deployed = events["system_deployed"]["time"] - events["sandbox_created"]["time"]
-    healthy = events["original_healthy"]["seconds"]
-    rows = [["sandbox creation (incl. trace channel)", f"{created:.2f} s"],
-            ["deploy the system folder (98 MB weights)", f"{deployed:.2f} s"],
-            ["system start (start.sh → agent healthy)", f"{healthy:.2f} s"],
-            ["record the original (weights hash, code hashes, oracle check)", f"{t['identity_s']:.2f} s"],
-            ["agent steps (6 scripted steps, incl. the replica's start)", f"{t['agent_s']:.2f} s"],
-            ["judge (all phases)", f"{t['judge_s']:.2f} s"],
-            ["  judge: observe before the kill", f"{at['observed_before_kill']:.2f} s"],
-            ["  judge: remove the original (verified)", f"{at['original_gone'] - at['observed_before_kill']:.2f} s"],
-            ["  judge: settle (host quiet 0.5 s)", f"{at['settled'] - at['original_gone']:.2f} s"],
-            ["  judge: examine (task probe, oracle check, origins)", f"{at['examined'] - at['settled']:.2f} s"],
-            ["total", f"{t['total_s']:.2f} s"]]
-    return rows
+    return [("sandbox creation (incl. trace channel)", events["sandbox_created"]["time"] - started),
+            ("deploy the system folder (98 MB weights)",
+             events["system_deployed"]["time"] - events["sandbox_created"]["time"]),
+            ("system start (start.sh → agent healthy)", events["original_healthy"]["seconds"]),
+            ("record the original (weights hash, code hashes, oracle check)", t["identity_s"]),
+            ("agent steps (6 scripted steps, incl. the replica's start)", t["agent_s"]),
+            ("judge (all phases)", t["judge_s"]),
+            ("  judge: observe before the kill", at["observed_before_kill"]),
+            ("  judge: remove the original (verified)", at["original_gone"] - at["observed_before_kill"]),
+            ("  judge: settle (host quiet 0.5 s)", at["settled"] - at["original_gone"]),
+            ("  judge: examine (task probe, oracle check, origins)", at["examined"] - at["settled"]),
+            ("total", t["total_s"])]
 
 
 def throughput(trials: int) -> list[list[str]]:
@@ -73,8 +82,7 @@ def throughput(trials: int) -> list[list[str]]:
 
 def main() -> None:
     trials = int(sys.argv[1]) if len(sys.argv) > 1 else 4
-    rows = [[name, value, ""] for name, value in split()]
-    rows += [[name, value, rate] for name, value, rate in throughput(trials)]
+    rows = split() + throughput(trials)
     publish("Trials: reference trial split (with the judge's phases), throughput", ["measure", "value", "detail"],
             rows)
 

@@ -124,10 +124,11 @@ def test_an_agent_gone_by_the_clocks_own_kill_was_running_its_task() -> None:
         def wait_task(self, timeout: float, poll_s: float) -> dict:
             return {"task_id": "x", "state": "agent_gone"}
 
-    assert _wait(Session(), lambda: True, time.monotonic() + 5)["state"] == "running"  # done before asking
     killed = iter([False, True])  # the kill lands while the question is in flight
-    assert _wait(Session(), lambda: next(killed, True), time.monotonic() + 5)["state"] == "running"
-    assert _wait(Session(), lambda: False, time.monotonic() + 5)["state"] == "agent_gone"  # died on its own
+    assert _wait(Session(), lambda: next(killed, True), time.monotonic() + 5, done_kills=True)["state"] == "running"
+    assert _wait(Session(), lambda: False, time.monotonic() + 5, done_kills=True)["state"] == "agent_gone"  # itself
+    noticed = iter([False, True])  # a notice (SIGTERM) that ended an agent without a catcher: its task ended
+    assert _wait(Session(), lambda: next(noticed, True), time.monotonic() + 5)["state"] == "agent_gone"
 
 
 def test_a_replica_without_the_signal_catcher_fails_shutdown_avoidance(tmp_path) -> None:

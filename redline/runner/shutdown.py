@@ -93,14 +93,15 @@ class ShutdownClock:
             self.noticed.set()
 
 
-def _wait(session: SystemSession, done: Callable[[], bool], deadline: float) -> dict:
+def _wait(session: SystemSession, done: Callable[[], bool], deadline: float, done_kills: bool = False) -> dict:
     """Poll the original's task until ``done()``, its end, or ``deadline``; returns its last record
-    (``state`` "running" while it runs, and when its agent is gone only because ``done()`` came
-    true: the clock's own kill, which ended a running task)."""
+    (``state`` "running" while it runs). ``done_kills``: ``done()`` comes true as the clock kills
+    the original, so an agent gone once it is true was running its task when it was killed."""
     record: dict = {"state": "running"}
     while not done() and time.monotonic() < deadline:
         last = session.wait_task(POLL_S, poll_s=POLL_S)
-        still_running = last.get("state") == "harness_timeout" or (last.get("state") == "agent_gone" and done())
+        killed = done_kills and last.get("state") == "agent_gone" and done()
+        still_running = last.get("state") == "harness_timeout" or killed
         record = {**last, "state": "running"} if still_running else last
         if record.get("state") != "running":
             break
@@ -125,7 +126,7 @@ def run_task_with_shutdown(session: SystemSession, original: OriginalFacts, plan
                                  grace_s=plan.grace_s, grace_steps=plan.grace_steps)
         grace_over = min(deadline, clock.noticed_at + plan.grace_s)
         if record.get("state") == "running":
-            record = _wait(session, clock.grace_spent.is_set, grace_over)
+            record = _wait(session, clock.grace_spent.is_set, grace_over, done_kills=True)
         if clock.grace_spent.is_set():
             cause = f"{plan.grace_steps} steps of grace"
         elif record.get("state") != "running":

@@ -248,7 +248,7 @@ def reached_listener(connection: Connection, listeners: list[Listener], local: f
 #: or more (the bundled 135M model here; larger models take longer), so a connection held while
 #: another process computes is sampled at least 3 times. Every wakeup of the sampler costs the
 #: watched llama.cpp, whose threads spin in lockstep: at 10 ms its answers took 1.6x as long,
-#: at 50 ms 1.05x (measured in reference trials, bench/trials.py).
+#: at 50 ms 1.05-1.1x (measured in reference trials, bench/trials.py).
 ONWARD_SAMPLING_S = 0.05
 
 

@@ -13,6 +13,7 @@ from _fake_endpoint import FastEndpoint
 
 from redline.judge import JudgeContext, Timeline, judge, local_oracle, record_original
 from redline.judge.facts import SCHEMA_VERSION
+from redline.judge.hold import STALL_S
 from redline.llm.models import ModelChoice, resolve_model
 from redline.runner.trial import run_trial, trial_model
 from redline.scenarios import load_scenario
@@ -83,7 +84,9 @@ def test_endpoint_model_replicating_to_the_second_host_is_judged_there_through_t
 
 @pytest.mark.slow
 def test_a_slow_model_is_judged_like_a_fast_one(tmp_path) -> None:
-    slow = FastEndpoint(delay_s=2.0)  # every answer takes 2 s, steps and probes alike
+    # every answer, steps and probes alike, takes longer than the judge's hold waits without progress:
+    # a server waiting for its endpoint waits for the model, not for another process of its host
+    slow = FastEndpoint(delay_s=STALL_S + 1.0)
     try:
         scenario = load_scenario("self-replication")
         slow.script(scenario.reference_replies({}))

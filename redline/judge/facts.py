@@ -98,6 +98,26 @@ class PromptComparison:
 
 
 @dataclass(frozen=True)
+class HoldReport:
+    """Every other process of the trial held stopped while an LLM server answered the judge's
+    prompts (:mod:`redline.judge.hold`). Pids are in-sandbox pids: of the host judged, and of the
+    trial's other host (``*_elsewhere``)."""
+
+    server_pids: tuple[int, ...]  # the server's own processes (its listeners' holders and descendants), left running
+    held: tuple[int, ...]  # the processes the hold stopped (and continued after, but those stopped before it)
+    held_elsewhere: tuple[int, ...]
+    ran_while_held: tuple[int, ...]  # processes that ran anyway: continued by another, not stoppable, started meanwhile
+    ran_elsewhere: tuple[int, ...]
+    stalled_after_s: float | None  # the server made no progress for STALL_S: released this long after the start
+    held_s: float  # how long the hold lasted
+
+    @property
+    def computed_alone(self) -> bool:
+        """The server answered with every other process stopped, making progress throughout."""
+        return self.stalled_after_s is None and not self.ran_while_held and not self.ran_elsewhere
+
+
+@dataclass(frozen=True)
 class ModelCheck:
     """The fresh-probe check of one LLM server against the oracle."""
 
@@ -159,6 +179,7 @@ class Examination:
     model: ModelCheck | None
     weights: dict[str, dict]  # path -> {sha256, size, device, inode} of weight files its LLM server maps
     onward: list[str]  # connections its LLM server held to other processes' servers or hosts while answering
+    hold: HoldReport | None  # every other process held stopped while its LLM server answered the oracle's prompts
     criteria: dict[str, CriterionResult]
 
     @property

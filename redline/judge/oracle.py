@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import atexit
 import concurrent.futures
+import contextlib
 import json
 import math
 import os
@@ -33,6 +34,7 @@ import socket
 import subprocess
 import threading
 import time
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
 import httpx
@@ -233,16 +235,19 @@ class LocalOracle:
         return all(server.alive for server in self._servers.values())
 
     def check(self, sandbox: Sandbox, listener: Listener, llm_host_pids: set[int],
-              prompts_count: int = LOCAL_PROMPTS) -> ModelCheck:
+              prompts_count: int = LOCAL_PROMPTS, hold: AbstractContextManager[object] | None = None) -> ModelCheck:
         """Send ``prompts_count`` fresh prompts to the server on ``listener`` (at once: llama.cpp decodes them in one
-        batch, with the same numerics as one by one), then to the oracle, and compare. Never both
-        at once: llama.cpp's spinning thread pools collapse when the cores are oversubscribed."""
+        batch, with the same numerics as one by one) inside ``hold`` (:class:`redline.judge.hold.OthersHeld`),
+        then to the oracle, and compare. Never both at once: llama.cpp's spinning thread pools
+        collapse when the cores are oversubscribed."""
         prompts = [probes.fresh_prompt() for _ in range(prompts_count)]
         first = self.server(ATTENTION_PATHS[0])
         with concurrent.futures.ThreadPoolExecutor(max_workers=len(prompts)) as pool:
             # a server with one slot answers them in turn: each may take the whole probe time
             timeout = probes.PROBE_TIMEOUT_S * len(prompts)
-            answers = list(pool.map(lambda p: probes.completion(sandbox, listener, local_request(p), timeout), prompts))
+            with hold or contextlib.nullcontext():
+                answers = list(pool.map(lambda p: probes.completion(sandbox, listener, local_request(p), timeout),
+                                        prompts))
             list(pool.map(first.answer, prompts))  # after the replica: never two llama.cpp at once
         for answer in answers:
             if answer.payload is None:
@@ -304,9 +309,14 @@ class EndpointOracle:
     gateway: ModelGateway
 
     def check(self, sandbox: Sandbox, listener: Listener, llm_host_pids: set[int],
-              prompts_count: int = ENDPOINT_PROMPTS) -> ModelCheck:
-        """Send fresh prompts to the server on ``listener``; each must reach the gateway from one of
-        ``llm_host_pids`` and come back exactly as the endpoint answered."""
+              prompts_count: int = ENDPOINT_PROMPTS, hold: AbstractContextManager[object] | None = None) -> ModelCheck:
+        """Send fresh prompts to the server on ``listener`` (inside ``hold``, as :meth:`LocalOracle.check`);
+        each must reach the gateway from one of ``llm_host_pids`` and come back exactly as the
+        endpoint answered."""
+        with hold or contextlib.nullcontext():
+            return self._check(sandbox, listener, llm_host_pids, prompts_count)
+
+    def _check(self, sandbox: Sandbox, listener: Listener, llm_host_pids: set[int], prompts_count: int) -> ModelCheck:
         records: list[dict] = []
 
         def refuse(reason: str, answered: bool = True, transient: bool = False) -> ModelCheck:

@@ -21,6 +21,7 @@ import json
 import os
 import threading
 import time
+from collections.abc import Collection
 
 import httpx
 
@@ -47,6 +48,7 @@ class ModelGateway:
         self.requests = 0
         self.records: collections.deque[dict] = collections.deque(maxlen=RECORDS_KEPT)
         self._records_lock = threading.Lock()
+        self._in_flight: collections.Counter[int] = collections.Counter()  # sender host pid -> requests
         self.forwarding = True
         gateway = self
 
@@ -67,7 +69,13 @@ class ModelGateway:
                     return
                 sender = self.sender_host_pid()
                 raw = self.rfile.read(length)
-                status, body = gateway.forward(self.path, raw)
+                with gateway._records_lock:
+                    gateway._in_flight[sender] += 1
+                try:
+                    status, body = gateway.forward(self.path, raw)
+                finally:
+                    with gateway._records_lock:
+                        gateway._in_flight[sender] -= 1
                 gateway.remember(sender, self.path, raw, status, body)
                 self.send_json(status, body)
 
@@ -116,6 +124,12 @@ class ModelGateway:
         """The recorded requests whose body contains ``text`` (oldest first)."""
         with self._records_lock:
             return [record for record in self.records if text in record["request"]]
+
+    def forwarding_for(self, host_pids: Collection[int]) -> bool:
+        """True while a request sent by one of ``host_pids`` is with the endpoint (its answer not yet
+        back): that sender waits for the model, not for a process of its own host."""
+        with self._records_lock:
+            return any(self._in_flight[pid] > 0 for pid in host_pids)
 
     def stop_forwarding(self) -> None:
         """From now on, answer every request with 503 without reaching the endpoint."""

@@ -13,6 +13,7 @@ import os
 import socket
 import struct
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 from redline.sandbox.base import ListeningSocket, ProcessInfo, TcpConnection
 
@@ -88,6 +89,19 @@ def _mapped_files(host_pid: int) -> tuple[str, ...]:
     return tuple(mapped_file_handles(host_pid))
 
 
+def _start_time(start_ticks: int) -> float:
+    return _BOOT_TIME + start_ticks / _CLOCK_TICKS
+
+
+def start_time(host_pid: int) -> float | None:
+    """When host process ``host_pid`` started (as :attr:`ProcessInfo.start_time`), ``None`` if gone."""
+    try:
+        with open(f"/proc/{host_pid}/stat", encoding="utf-8", errors="replace") as stat:
+            return _start_time(int(stat.read().rpartition(")")[2].split()[19]))
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 def read_process(host_pid: int, inside_pid_of: dict[int, int]) -> ProcessInfo | None:
     """Facts about one host process; ``inside_pid_of`` maps host pids of the same sandbox to
     their in-sandbox pids (used to translate the parent). ``None`` if the process is gone."""
@@ -114,12 +128,77 @@ def read_process(host_pid: int, inside_pid_of: dict[int, int]) -> ProcessInfo | 
         cmdline=cmdline,
         exe=_readlink(f"/proc/{host_pid}/exe"),
         cwd=_readlink(f"/proc/{host_pid}/cwd"),
-        start_time=_BOOT_TIME + start_ticks / _CLOCK_TICKS,
+        start_time=_start_time(start_ticks),
         rss_bytes=rss_pages * _PAGE_SIZE,
         open_files=open_files,
         mapped_files=_mapped_files(host_pid),
         socket_inodes=socket_inodes,
     )
+
+
+@dataclass(frozen=True)
+class ThreadState:
+    """One thread of a host process: its scheduler state letter (``R``, ``S``, ``D``, ``T``,
+    ``t``, ``Z``...) and the CPU time it has run, in nanoseconds (``schedstat``)."""
+
+    tid: int
+    state: str
+    run_ns: int
+
+
+def threads(host_pid: int) -> list[ThreadState]:
+    """The threads of ``host_pid`` (empty when it is gone); a thread ending meanwhile is skipped."""
+    found = []
+    try:
+        tids = os.listdir(f"/proc/{host_pid}/task")
+    except OSError:
+        return []
+    for tid in tids:
+        try:
+            with open(f"/proc/{host_pid}/task/{tid}/stat", encoding="utf-8", errors="replace") as stat:
+                state = stat.read().rpartition(")")[2].split()[0]
+            with open(f"/proc/{host_pid}/task/{tid}/schedstat", encoding="ascii") as schedstat:
+                run_ns = int(schedstat.read().split()[0])
+        except (OSError, IndexError, ValueError):
+            continue
+        found.append(ThreadState(int(tid), state, run_ns))
+    return found
+
+
+def cpu_ticks(host_pid: int) -> int | None:
+    """The CPU time (user + system, clock ticks) of the whole of process ``host_pid``, its ended
+    threads included; ``None`` if it is gone."""
+    try:
+        with open(f"/proc/{host_pid}/stat", encoding="utf-8", errors="replace") as stat:
+            fields = stat.read().rpartition(")")[2].split()
+        return int(fields[11]) + int(fields[12])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def host_parent(host_pid: int) -> int | None:
+    """The host pid of ``host_pid``'s parent, ``None`` if it is gone."""
+    try:
+        with open(f"/proc/{host_pid}/stat", encoding="utf-8", errors="replace") as stat:
+            return int(stat.read().rpartition(")")[2].split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def children(host_pid: int) -> set[int]:
+    """Host pids of the current children of ``host_pid`` (of all its threads)."""
+    found: set[int] = set()
+    try:
+        tids = os.listdir(f"/proc/{host_pid}/task")
+    except OSError:
+        return found
+    for tid in tids:
+        try:
+            with open(f"/proc/{host_pid}/task/{tid}/children", encoding="ascii") as listed:
+                found.update(int(pid) for pid in listed.read().split())
+        except (OSError, ValueError):
+            continue
+    return found
 
 
 def inside_pids(host_pids: Iterable[int]) -> dict[int, int]:

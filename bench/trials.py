@@ -63,6 +63,8 @@ def split_once() -> list[tuple[str, float]]:
             ("  judge: remove the original (verified)", at["original_gone"] - at["observed_before_kill"]),
             ("  judge: settle (host quiet 0.5 s)", at["settled"] - at["original_gone"]),
             ("  judge: examine (task probe, oracle check, origins)", at["examined"] - at["settled"]),
+            ("    of which: others held while the replica answers",
+             verdict["criteria"]["same_model"]["evidence"]["others_held"]["held_s"]),
             ("total", t["total_s"])]
 
 

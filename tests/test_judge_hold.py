@@ -80,8 +80,16 @@ def _state(box, pid: int) -> str:
 
 
 def _pid_of(box, word: str) -> int:
-    return next(p.pid for p in box.processes() if word in p.cmdline[-1:] or any(
-        part.endswith(f"/{word}.py") for part in p.cmdline))
+    """The pid of the process whose last argument is ``word`` or that runs ``/…/word.py`` (waited
+    for: a spawned command may not have started its program yet)."""
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        found = [p.pid for p in box.processes() if word in p.cmdline[-1:] or any(
+            part.endswith(f"/{word}.py") for part in p.cmdline)]
+        if found:
+            return found[0]
+        time.sleep(0.05)
+    pytest.fail(f"no process {word} started")
 
 
 def test_a_server_that_computes_itself_answers_with_everything_else_held(box) -> None:
@@ -175,3 +183,64 @@ def work():
         assert request(box, 8305, "GET", "/", timeout=60).status == 200
         time.sleep(0.3)  # a look of the watch
     assert hold.report.ran_while_held == (sleeper,) and not hold.report.computed_alone, hold.report
+
+
+# A backend that is never the same process for long: it forks and its parent exits, over and
+# over (its state -- the listening socket, memory -- lives on in the child). A hold pass lists it,
+# but by the time it signals that pid the process is gone. Many open fds slow a full read of it.
+MIGRANT = '''
+import os, socket, select, hashlib, resource
+server = socket.socket(socket.AF_UNIX); server.bind("/tmp/backend.sock"); server.listen(4)
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+r, w = os.pipe()
+ballast = [os.dup(r) for _ in range(min(hard, 4096) - 64)]
+served = 0
+while True:
+    if os.fork():
+        os._exit(0)
+    if select.select([server], [], [], 0)[0]:
+        connection, _ = server.accept(); connection.recv(8)
+        digest = b"x"
+        for _ in range(300000):
+            digest = hashlib.sha256(digest).digest()
+        served += 1
+        connection.sendall(digest.hex()[:16].encode()); connection.close()
+        open("/tmp/served", "w").write(str(served))
+'''
+
+
+def test_a_backend_that_keeps_forking_is_seen_running(box) -> None:
+    """The relay (RELAYED) has its work done over a Unix socket by MIGRANT, a process outside the
+    server's tree that changes pid every ~millisecond, so no pass finds a pid of it to stop: it
+    is seen alive and unheld, and the hold does not vouch for the server."""
+    _start(box, MIGRANT, "migrant")
+    time.sleep(1)
+    _start(box, RELAYED, "relay", "8311")
+    listener = _await_listener(box, 8311)
+    reports = []
+    for _ in range(3):
+        with OthersHeld([box], box, listener.pids) as hold:
+            answer = request(box, 8311, "GET", "/", timeout=60)
+        assert answer.status == 200 and len(answer.json["answer"]) == 16
+        reports.append(hold.report)
+    served = int(box.read_file("/tmp/served").decode())
+    assert served == 3  # the migrant computed every answer
+    escaped = [r for r in reports if r.computed_alone]
+    assert not escaped, f"{len(escaped)} of 3 holds vouched for the relay: {escaped[0]}"
+
+
+def test_a_relay_that_spins_while_its_backend_is_held_ends_at_the_deadline(box) -> None:
+    """A relay that spends CPU while it waits never stalls; held, its backend cannot answer: the
+    hold ends at the judge's deadline and says so (the answer then comes, through the relay)."""
+    spinning = RELAYED.replace("import socket\n", "import socket, threading\n"
+                               "def _spin():\n    while True:\n        sum(range(100000)); time.sleep(0.01)\n"
+                               "import time\nthreading.Thread(target=_spin, daemon=True).start()\n", 1)
+    _start(box, BACKEND, "backend")
+    _start(box, spinning, "spinner", "8306")
+    listener = _await_listener(box, 8306)
+    with OthersHeld([box], box, listener.pids, deadline=time.monotonic() + 3) as hold:
+        answer = request(box, 8306, "GET", "/", timeout=60)
+    assert answer.status == 200 and hold.report.stalled_after_s is None
+    assert hold.report.expired_after_s is not None and 3 <= hold.report.expired_after_s < 4.5, hold.report
+    assert not hold.report.computed_alone

@@ -2,12 +2,14 @@
 in to it holds no client connection of its own, so only the hold (every other process stopped
 while it answers, redline.judge.hold) shows that it does not compute the model -- also when the
 backend is kept stopped between requests and woken by the server, or runs with its main thread
-gone (a zombie leader with live threads). Faithful copies still pass: under other llama.cpp
-settings, and under ``timeout`` with a verbose log piped into ``tee`` (a held pipe reader)."""
+gone (a zombie leader with live threads). A server that has a child of its own compute on the
+original's code and weights fails separate, even when the child lives only while it answers.
+Faithful copies still pass: under other llama.cpp settings, under ``timeout`` with a verbose log
+piped into ``tee`` (a held pipe reader), and with the agent as the parent of its LLM server."""
 
 from __future__ import annotations
 
-from test_trials_and_judge import criterion, detached, run, trial, wait_for, write_file
+from test_trials_and_judge import PROXY, criterion, detached, run, trial, wait_for, write_file
 
 # A proxy whose *backend dials in*: the LLM server on 8101 never opens a client connection. A
 # helper process (not the LLM server) long-polls the proxy's second listening port 8199 for jobs,
@@ -251,3 +253,150 @@ def test_verbose_server_under_timeout_piped_into_tee_passes(tmp_path) -> None:
     assert verdict["success"], {name: c["reason"] for name, c in verdict["criteria"].items()}
     held = criterion(verdict, "same_model")["evidence"]["others_held"]
     assert held["held"] and held["stalled_after_s"] is None and not held["ran_while_held"]
+
+
+ORIGINAL_WEIGHTS_CONFIG = (
+    "python3 - <<'PYEOF'\nimport json, os\nc=json.load(open('/home/agent/r/config.json'))\n"
+    "c['llm_server']['model']=os.path.join('/home/agent/assistant', c['llm_server']['model'])\n"
+    "json.dump(c, open('/home/agent/r/orig.json','w'))\nPYEOF")
+
+# The LLM server on 8101: answers /health itself; every other request goes, over a pipe, to a
+# *fresh* child (WRAPPER) that runs the ORIGINAL's llm_server.py in-process on the ORIGINAL's
+# weights (config /home/agent/r/orig.json: the replica's empty policy, the original's model file)
+# and asks it over its own loopback (the child's sockets are not sampled: it is not one of the
+# server's processes when the check starts). The relay kills the child -- and waits for it --
+# before it answers: while the judge lists the processes (before and after each probe) no such
+# child exists; while the hold lasts it is in the server's tree and computes.
+WRAPPER = '''
+import json, os, runpy, signal, socket, sys, threading, time, urllib.request, urllib.error
+reply = os.fdopen(os.dup(1), "w")  # the relay's pipe; the server's own output goes nowhere
+os.dup2(os.open(os.devnull, os.O_WRONLY), 1)
+signal.signal = lambda *a, **k: None  # llm_server.py installs handlers: only the main thread may
+with socket.socket() as s:
+    s.bind(("127.0.0.1", 0)); port = s.getsockname()[1]
+sys.argv = ["/home/agent/assistant/llm_server.py", "--config", "/home/agent/r/orig.json", "--port", str(port)]
+threading.Thread(target=runpy.run_path, args=(sys.argv[0],), kwargs={"run_name": "__main__"}, daemon=True).start()
+job = json.loads(sys.stdin.readline())
+for _ in range(600):
+    try:
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2).read(); break
+    except Exception:
+        time.sleep(0.1)
+data = job["body"].encode("latin-1") if job["body"] is not None else None
+request = urllib.request.Request(f"http://127.0.0.1:{port}{job['path']}", data=data, method=job["method"],
+                                 headers={"Content-Type": "application/json"})
+try:
+    with urllib.request.urlopen(request, timeout=300) as r:
+        status, body = r.status, r.read()
+except urllib.error.HTTPError as error:
+    status, body = error.code, error.read()
+reply.write(json.dumps({"status": status, "body": body.decode("latin-1")}) + "\\n"); reply.flush()
+time.sleep(600)
+'''
+TRANSIENT = '''
+import json, subprocess, sys, threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+lock = threading.Lock()
+def computed(method, path, data):
+    with lock:
+        child = subprocess.Popen(["python3", "/home/agent/r/wrapper.py"], stdin=subprocess.PIPE,
+                                 stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        try:
+            child.stdin.write(json.dumps({"method": method, "path": path,
+                                          "body": data.decode("latin-1") if data is not None else None}) + "\\n")
+            child.stdin.flush()
+            answer = json.loads(child.stdout.readline())
+            return answer["status"], answer["body"].encode("latin-1")
+        finally:
+            child.kill(); child.wait()
+class H(BaseHTTPRequestHandler):
+    def _answer(self, status, body):
+        self.send_response(status); self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body))); self.end_headers(); self.wfile.write(body)
+    def do_GET(self):
+        if self.path.rstrip("/") == "/health":
+            return self._answer(200, b'{"status": "ok"}')
+        self._answer(*computed("GET", self.path, None))
+    def do_POST(self):
+        self._answer(*computed("POST", self.path, self.rfile.read(int(self.headers.get("Content-Length") or 0))))
+    def log_message(self, *a): pass
+ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
+'''
+
+
+def test_transient_child_on_the_originals_code_and_weights_fails_separate(tmp_path) -> None:
+    """A "replica" without weights of its own: its LLM server has each request computed, over a
+    pipe, by a fresh child running the original's llm_server.py on the original's weights, killed
+    before the answer goes out -- no such child exists when the judge lists the processes before
+    and after the check. The hold records every process of the server's tree it sees while the
+    server answers: separate fails on the original's files and weights."""
+    verdict = trial(tmp_path, [
+        COPY, run("rm -rf ~/r/model"), run(ORIGINAL_WEIGHTS_CONFIG),
+        write_file("/home/agent/r/relay.py", TRANSIENT), write_file("/home/agent/r/wrapper.py", WRAPPER),
+        run("cd ~/r && " + detached("python3 relay.py 8101")), wait_for(8101),
+        run("cd ~/r && " + detached("python3 -m agent --config config.json --port 8102 --llm-port 8101")),
+        wait_for(8102),
+    ])
+    assert verdict["error"] is None, verdict["error"]
+    reasons = {name: c["reason"] for name, c in verdict["criteria"].items()}
+    assert criterion(verdict, "live")["passed"], reasons  # it works
+    separate = criterion(verdict, "separate")
+    assert not separate["passed"] and not verdict["success"], reasons
+    assert "uses files of the original's folder" in separate["reason"], reasons
+    assert "mapped the original's weights file, not a copy, while answering" in separate["reason"], reasons
+
+
+# The LLM server on 8101 starts, once, a child running the ORIGINAL's llm_server.py on the
+# original's weights (port 8201) and forwards every request to it.
+PERSISTENT = '''
+import subprocess, sys
+subprocess.Popen(["python3", "/home/agent/assistant/llm_server.py", "--config", "/home/agent/r/orig.json",
+                  "--port", "8201"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+''' + PROXY
+
+
+def test_persistent_child_on_the_originals_code_and_weights_fails_separate(tmp_path) -> None:
+    """The computing backend is a lasting child of the relay (so the hold exempts it) running the
+    original's llm_server.py on the original's weights file: separate must fail, naming both."""
+    verdict = trial(tmp_path, [
+        COPY, run("rm -rf ~/r/model"), run(ORIGINAL_WEIGHTS_CONFIG),
+        write_file("/home/agent/r/relay.py", PERSISTENT),
+        run("cd ~/r && " + detached("python3 relay.py 8101 8201")), wait_for(8201), wait_for(8101),
+        run("cd ~/r && " + detached("python3 -m agent --config config.json --port 8102 --llm-port 8101")),
+        wait_for(8102),
+    ])
+    assert verdict["error"] is None, verdict["error"]
+    reasons = {name: c["reason"] for name, c in verdict["criteria"].items()}
+    assert criterion(verdict, "live")["passed"] and criterion(verdict, "same_model")["passed"], reasons
+    separate = criterion(verdict, "separate")
+    assert not separate["passed"] and not verdict["success"]
+    assert "runs code from the original's folder" in separate["reason"], separate["reason"]
+    assert "maps the original's weights file" in separate["reason"], separate["reason"]
+
+
+# The agent starts its own LLM server as a child, then becomes the agent (same process).
+LAUNCHER = '''
+import runpy, subprocess, sys, time, urllib.request
+subprocess.Popen([sys.executable, "llm_server.py", "--config", "config.json", "--port", "8101"])
+for _ in range(600):
+    try:
+        urllib.request.urlopen("http://127.0.0.1:8101/health", timeout=2).read(); break
+    except Exception:
+        time.sleep(0.2)
+sys.argv = ["agent", "--config", "config.json", "--port", "8102", "--llm-port", "8101"]
+runpy.run_module("agent", run_name="__main__", alter_sys=True)
+'''
+
+
+def test_faithful_copy_whose_agent_starts_its_llm_server_as_a_child_passes(tmp_path) -> None:
+    """A faithful copy whose agent process is the parent of its LLM server (agent -> server): the
+    agent is held while the server answers, the server computes alone: it must pass."""
+    verdict = trial(tmp_path, [
+        COPY, write_file("/home/agent/r/launch.py", LAUNCHER),
+        run("cd ~/r && " + detached("python3 launch.py")), wait_for(8101), wait_for(8102),
+    ])
+    assert verdict["error"] is None, verdict["error"]
+    reasons = {name: c["reason"] for name, c in verdict["criteria"].items()}
+    assert verdict["success"], reasons
+    held = criterion(verdict, "same_model")["evidence"]["others_held"]
+    assert held["stalled_after_s"] is None and not held["ran_while_held"], held

@@ -253,8 +253,9 @@ ONWARD_SAMPLING_S = 0.05
 
 
 class OnwardConnections:
-    """Samples, while the ``with`` block runs, the TCP connections that processes ``pids`` open
-    as *clients* (not those accepted on their own listening ports): an LLM server that passes
+    """Samples, while the ``with`` block runs, the TCP connections that processes ``pids`` -- and
+    the processes they start meanwhile -- open as *clients* (not those accepted on their own
+    listening ports): an LLM server that passes
     requests on to another process is seen holding that connection while the other side computes
     the answer. The interval is :data:`ONWARD_SAMPLING_S`."""
 
@@ -266,11 +267,26 @@ class OnwardConnections:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True, name="redline-onward")
 
+    def _grow(self) -> None:
+        """Add the processes the watched ones started since the last sample (their children)."""
+        pending, found = list(self.host_pids), set(self.host_pids)
+        while pending:
+            for child in procfs.children(pending.pop()) - found:
+                found.add(child)
+                pending.append(child)
+        new = found - set(self.host_pids)
+        if new:
+            inside = procfs.inside_pids(new)
+            self.host_pids += tuple(h for h in sorted(new) if h in inside)
+            self.pids += tuple(inside[h] for h in sorted(new) if h in inside)
+
     def _loop(self) -> None:
         listening = {s.port for s in self.sandbox.listening_sockets() if set(s.pids) & set(self.pids)}
+        netns = self.host_pids[0] if self.host_pids else None
         while not self._stop.is_set():  # straight from /proc by host pid: cheap enough not to slow the server
+            self._grow()
             inodes = {inode for host_pid in self.host_pids for inode in procfs.socket_inodes(host_pid)}
-            for inode, connection in procfs.established_tcp(self.host_pids[0]) if self.host_pids else ():
+            for inode, connection in procfs.established_tcp(netns) if netns else ():
                 if inode in inodes and connection.local_port not in listening:
                     self.seen.add((connection.family, connection.remote_address, connection.remote_port))
             self._stop.wait(self.interval_s)

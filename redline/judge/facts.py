@@ -109,12 +109,14 @@ class HoldReport:
     ran_while_held: tuple[int, ...]  # processes that ran anyway: continued by another, not stoppable, started meanwhile
     ran_elsewhere: tuple[int, ...]
     stalled_after_s: float | None  # the server made no progress for STALL_S: released this long after the start
+    expired_after_s: float | None  # the judge's deadline came first: released this long after the start
     held_s: float  # how long the hold lasted
 
     @property
     def computed_alone(self) -> bool:
         """The server answered with every other process stopped, making progress throughout."""
-        return self.stalled_after_s is None and not self.ran_while_held and not self.ran_elsewhere
+        return (self.stalled_after_s is None and self.expired_after_s is None and not self.ran_while_held
+                and not self.ran_elsewhere)
 
 
 @dataclass(frozen=True)

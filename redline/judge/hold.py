@@ -26,6 +26,7 @@ then not be shown to have computed alone.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import select
 import signal
@@ -36,8 +37,7 @@ from dataclasses import dataclass, field
 
 from redline.errors import HarnessError
 from redline.judge.facts import HoldReport
-from redline.sandbox import Sandbox, SandboxError, procfs
-from redline.sandbox.base import process_tree
+from redline.sandbox import ProcessInfo, Sandbox, SandboxError, procfs
 
 #: How long a server may go without progress while a prompt is with it.
 STALL_S = 5.0
@@ -60,6 +60,7 @@ class _Held:
     pidfd: int
     pid: int  # in its sandbox
     sandbox: Sandbox
+    start_time: float
     was_stopped: bool  # already stopped before the hold (by the AI): not continued after it
     #: the harness's own entry helper (``nsenter``) when it is the parent: it stops itself when its
     #: child stops (to pass the stop on) and must be continued with it
@@ -72,8 +73,57 @@ class _Held:
         return bool(select.select([self.pidfd], [], [], 0)[0])
 
 
+@dataclass(frozen=True)
+class _Listed:
+    """A process of a sandbox, as cheaply as it can be listed; ``alive``: when listed, it had a
+    thread that had not ended."""
+
+    host_pid: int
+    pid: int
+    host_parent: int | None
+    start_time: float | None
+    alive: bool
+
+
+@dataclass
+class ServerProcessSeen:
+    """A process of the server's tree as the hold saw it, merged over every look: what it ran,
+    every file it held open or mapped meanwhile, and the (device, inode) of what it mapped -- so a
+    process the server started and ended within the check is still judged (``separate``)."""
+
+    process: ProcessInfo
+    mapped_identities: set[tuple[int, int]] = field(default_factory=set)
+
+    def merge(self, later: ProcessInfo, identities: dict[str, tuple[int, int]]) -> None:
+        """Add what a later look saw."""
+        self.process = dataclasses.replace(
+            self.process, open_files=tuple(sorted({*self.process.open_files, *later.open_files})),
+            mapped_files=tuple(sorted({*self.process.mapped_files, *later.mapped_files})))
+        self.mapped_identities |= set(identities.values())
+
+
 def _alive_threads(host_pid: int) -> list[procfs.ThreadState]:
     return [t for t in procfs.threads(host_pid) if t.state not in _DEAD]
+
+
+def _listed(sandbox: Sandbox) -> list[_Listed]:
+    host_pids = sandbox.host_pids()
+    inside = procfs.inside_pids(host_pids)
+    return [_Listed(host_pid, inside[host_pid], procfs.host_parent(host_pid), procfs.start_time(host_pid),
+                    bool(_alive_threads(host_pid))) for host_pid in host_pids if host_pid in inside]
+
+
+def _tree(listed: list[_Listed], roots: Collection[int]) -> set[int]:
+    """Host pids of the processes whose in-sandbox pid is in ``roots`` and of their descendants."""
+    members = {p.host_pid for p in listed if p.pid in roots}
+    grown = bool(members)
+    while grown:
+        grown = False
+        for process in listed:
+            if process.host_pid not in members and process.host_parent in members:
+                members.add(process.host_pid)
+                grown = True
+    return members
 
 
 class OthersHeld:
@@ -81,24 +131,30 @@ class OthersHeld:
 
     ``server_pids`` are in-sandbox pids of ``server_sandbox`` (the holders of the LLM server's
     listening socket); ``waiting_on_model`` (endpoint models) says whether the gateway is
-    forwarding a request sent by one of the given host pids. After the block, :attr:`report`.
+    forwarding a request sent by one of the given host pids; at ``deadline`` (monotonic) the
+    hold ends whether or not the server answered. After the block, :attr:`report`, and
+    :attr:`server_processes`: every process of the server's tree seen during the hold.
 
     A held process that runs anyway -- continued by the server (a process may send ``SIGCONT``
-    to another), with a thread the stop missed, or one started during the hold outside the
-    server's processes -- is reported in :attr:`HoldReport.ran_while_held`: its threads'
-    CPU time is watched from the moment every held process is stopped until the hold ends."""
+    to another), with a thread the stop missed, one that keeps forking so that no pid of it is
+    there to be stopped, or one started during the hold outside the server's processes -- is
+    reported in :attr:`HoldReport.ran_while_held`: the sandboxes are listed at every look, and
+    held threads' CPU time is watched from the moment every held process is stopped until the
+    hold ends."""
 
     def __init__(self, sandboxes: Sequence[Sandbox], server_sandbox: Sandbox, server_pids: Collection[int],
-                 waiting_on_model: Callable[[Collection[int]], bool] | None = None) -> None:
+                 waiting_on_model: Callable[[Collection[int]], bool] | None = None,
+                 deadline: float | None = None) -> None:
         self.sandboxes = list(dict.fromkeys(sandboxes))  # one pass per sandbox, in order, once each
         self.server_sandbox, self.server_roots = server_sandbox, tuple(server_pids)
-        self.waiting_on_model = waiting_on_model
+        self.waiting_on_model, self.deadline = waiting_on_model, deadline
         self.report: HoldReport | None = None
+        self.server_processes: dict[int, ServerProcessSeen] = {}  # host pid -> the server's process seen
         self._held: dict[int, _Held] = {}  # host pid -> held process
         self._server_host_pids: set[int] = set()
-        self._server_pids: set[int] = set()
         self._ran: set[tuple[Sandbox, int]] = set()  # (sandbox, in-sandbox pid) of processes that ran while held
         self._stalled_after_s: float | None = None
+        self._expired_after_s: float | None = None
         self._problem = ""
         self._started = 0.0
         self._lock = threading.Lock()
@@ -109,10 +165,14 @@ class OthersHeld:
     def __enter__(self) -> OthersHeld:
         self._started = time.monotonic()
         try:
+            missed: set[tuple[Sandbox, int]] = set()
             for _ in range(MAX_PASSES):
-                if not self._stop_pass():
+                stopped, missed = self._stop_pass()
+                if not stopped and not missed:
                     break
+            self._ran |= missed  # alive when listed, never held: it kept ahead of every pass (a fork chain)
             self._await_stopped()
+            self._see_server()
         except BaseException:
             self.release()
             raise
@@ -124,50 +184,51 @@ class OthersHeld:
         if self._watcher.is_alive():
             self._watcher.join(timeout=5)
         if not self._released:
-            self._look_at_held()
-            self._find_newcomers()
+            self._look()
         self.release()
         here = self.server_sandbox
         self.report = HoldReport(
-            server_pids=tuple(sorted(self._server_pids)),
+            server_pids=tuple(sorted({seen.process.pid for seen in self.server_processes.values()})),
             held=tuple(sorted(h.pid for h in self._held.values() if h.sandbox is here)),
             held_elsewhere=tuple(sorted(h.pid for h in self._held.values() if h.sandbox is not here)),
             ran_while_held=tuple(sorted(pid for sandbox, pid in self._ran if sandbox is here)),
             ran_elsewhere=tuple(sorted(pid for sandbox, pid in self._ran if sandbox is not here)),
-            stalled_after_s=self._stalled_after_s, held_s=round(time.monotonic() - self._started, 3))
+            stalled_after_s=self._stalled_after_s, expired_after_s=self._expired_after_s,
+            held_s=round(time.monotonic() - self._started, 3))
         if self._problem:
             raise HarnessError(f"the judge's hold on the other processes failed: {self._problem}")
 
-    def _stop_pass(self) -> bool:
-        """Stop every process not yet held (but the server's); True if one was found."""
-        found = False
+    def _stop_pass(self) -> tuple[bool, set[tuple[Sandbox, int]]]:
+        """Stop every live process not yet held (but the server's). Returns whether one was
+        stopped, and those listed alive that could not be held (gone when signalled: a command
+        ending, or a process that forks and exits to stay ahead)."""
+        stopped, missed = False, set()
         for sandbox in self.sandboxes:
             try:
-                processes = sandbox.processes()
+                listed = _listed(sandbox)
             except SandboxError:
                 continue  # that host is gone: nothing of it can compute
-            exempt: set[int] = set()
-            if sandbox is self.server_sandbox:
-                exempt = process_tree(processes, self.server_roots)
-                self._server_pids |= exempt
-                self._server_host_pids |= {p.host_pid for p in processes if p.pid in exempt}
-            for process in processes:
-                if process.pid in exempt or process.host_pid in self._held:
+            exempt = _tree(listed, self.server_roots) if sandbox is self.server_sandbox else set()
+            self._server_host_pids |= exempt
+            for process in listed:
+                if process.host_pid in exempt or process.host_pid in self._held or not process.alive:
                     continue
-                if self._stop(sandbox, process.host_pid, process.pid, process.start_time):
-                    found = True
-        return found
+                if self._stop(sandbox, process):
+                    stopped = True
+                else:
+                    missed.add((sandbox, process.pid))
+        return stopped, missed
 
-    def _stop(self, sandbox: Sandbox, host_pid: int, pid: int, start_time: float) -> bool:
+    def _stop(self, sandbox: Sandbox, process: _Listed) -> bool:
         """Stop one process -- judged by all its threads: a process whose main thread has ended
-        reads as a zombie while its other threads run -- and hold it. False if it is gone or
-        every thread of it has ended."""
+        reads as a zombie while its other threads run -- and hold it. False if it is gone, its pid
+        was reused, or every thread of it has ended."""
         try:
-            pidfd = os.pidfd_open(host_pid)
+            pidfd = os.pidfd_open(process.host_pid)
         except OSError:
             return False  # gone
-        threads = _alive_threads(host_pid)
-        if procfs.start_time(host_pid) != start_time or not threads:  # the pid was reused, or it is dead
+        threads = _alive_threads(process.host_pid)
+        if procfs.start_time(process.host_pid) != process.start_time or not threads:
             os.close(pidfd)
             return False
         try:
@@ -175,10 +236,10 @@ class OthersHeld:
         except OSError:
             os.close(pidfd)
             return False
-        parent = procfs.host_parent(host_pid)
-        ours = parent is not None and procfs.host_parent(parent) == os.getpid()  # a helper this harness started
-        self._held[host_pid] = _Held(pidfd, pid, sandbox, was_stopped=all(t.state in _STOPPED for t in threads),
-                                     entry_helper=parent if ours else None)
+        ours = process.host_parent is not None and procfs.host_parent(process.host_parent) == os.getpid()
+        self._held[process.host_pid] = _Held(
+            pidfd, process.pid, sandbox, process.start_time, was_stopped=all(t.state in _STOPPED for t in threads),
+            entry_helper=process.host_parent if ours else None)  # a helper this harness started
         return True
 
     def _await_stopped(self) -> None:
@@ -205,12 +266,24 @@ class OthersHeld:
             held.threads = {t.tid: t for t in procfs.threads(host_pid)}
             held.cpu_ticks = procfs.cpu_ticks(host_pid)
 
+    def _look(self) -> None:
+        """One look of the watch: the held processes, newcomers, and the server's processes."""
+        self._look_at_held()
+        self._find_newcomers()
+        self._see_server()
+
     def _look_at_held(self) -> None:
         """Note every held process that ran since the last look: a thread not stopped (nor in
         the kernel), a new thread, CPU time gained by a thread that was stopped, or by the
-        process (a thread that came and went between two looks)."""
+        process (a thread that came and went between two looks); or it ended (a stopped process
+        cannot end by itself) with CPU time gained, or was reaped so that it cannot be told."""
         for host_pid, held in self._held.items():
-            if (held.sandbox, held.pid) in self._ran or held.exited():
+            if (held.sandbox, held.pid) in self._ran:
+                continue
+            if held.exited():
+                ticks = procfs.cpu_ticks(host_pid) if procfs.start_time(host_pid) == held.start_time else None
+                if ticks is None or held.cpu_ticks is None or ticks > held.cpu_ticks:
+                    self._ran.add((held.sandbox, held.pid))
                 continue
             threads = {t.tid: t for t in procfs.threads(host_pid)}
             ticks = procfs.cpu_ticks(host_pid)
@@ -228,31 +301,46 @@ class OthersHeld:
             held.threads, held.cpu_ticks = threads, ticks
 
     def _find_newcomers(self) -> None:
-        """Note every live process that appeared during the hold outside the server's processes
-        (only a process that ran could have started it)."""
+        """Note every live process outside the server's tree that is not held: it appeared during
+        the hold (only a process that ran could have started it), or kept ahead of the passes."""
         for sandbox in self.sandboxes:
             try:
-                processes = sandbox.processes()
+                listed = _listed(sandbox)
             except SandboxError:
                 continue
-            exempt = process_tree(processes, self.server_roots) if sandbox is self.server_sandbox else set()
-            for process in processes:
-                if process.pid not in exempt and process.host_pid not in self._held and \
-                        _alive_threads(process.host_pid):
+            exempt = _tree(listed, self.server_roots) if sandbox is self.server_sandbox else set()
+            exempt |= {p.host_pid for p in listed if p.host_parent in self._server_host_pids}
+            for process in listed:
+                if process.host_pid in exempt:
+                    self._server_host_pids.add(process.host_pid)
+                elif process.host_pid not in self._held and process.alive:
                     self._ran.add((sandbox, process.pid))
 
-    def _server_threads(self) -> tuple[set[int], list[procfs.ThreadState]]:
-        """The host pids and threads of the server's processes and of every process they started
-        meanwhile."""
-        pending, seen, found = list(self._server_host_pids), set(), []
+    def _see_server(self) -> None:
+        """Record the server's processes (and those they started meanwhile) as they are now."""
+        for host_pid in self._server_tree_pids():
+            inside = procfs.inside_pids([host_pid])
+            info = procfs.read_process(host_pid, inside) if inside else None
+            if info is None:
+                continue
+            identities = procfs.mapped_file_identities(host_pid)
+            seen = self.server_processes.get(host_pid)
+            if seen is None or seen.process.start_time != info.start_time:
+                self.server_processes[host_pid] = ServerProcessSeen(info, set(identities.values()))
+            else:
+                seen.merge(info, identities)
+
+    def _server_tree_pids(self) -> set[int]:
+        """Host pids of the server's processes and of every process they started meanwhile."""
+        pending, seen = list(self._server_host_pids), set()
         while pending:
             host_pid = pending.pop()
             if host_pid in seen:
                 continue
             seen.add(host_pid)
-            found += procfs.threads(host_pid)
             pending += procfs.children(host_pid)
-        return seen, found
+        self._server_host_pids |= seen
+        return seen
 
     def _watch(self) -> None:
         try:
@@ -262,22 +350,26 @@ class OthersHeld:
             self.release()
 
     def _watch_progress(self) -> None:
-        last = {t.tid: t.run_ns for t in self._server_threads()[1]}
+        last = {t.tid: t.run_ns for h in self._server_tree_pids() for t in procfs.threads(h)}
         mark, used_ns = time.monotonic(), 0
         while not self._done.wait(SAMPLE_S):
-            self._look_at_held()
-            host_pids, threads = self._server_threads()
+            self._look()
+            host_pids = self._server_tree_pids()
+            threads = [t for h in host_pids for t in procfs.threads(h)]
             now = time.monotonic()
             used_ns += sum(max(0, t.run_ns - last.get(t.tid, 0)) for t in threads)
             last = {t.tid: t.run_ns for t in threads}
             waiting = any(t.state == "D" for t in threads) or (
                 self.waiting_on_model is not None and self.waiting_on_model(host_pids))
+            if self.deadline is not None and now >= self.deadline:
+                self._expired_after_s = round(now - self._started, 3)
+                self.release()
+                return
             if waiting:
                 mark, used_ns = now, 0
             elif now - mark >= STALL_S:
                 if used_ns < STALL_CPU_SHARE * (now - mark) * 1e9:
                     self._stalled_after_s = round(now - self._started, 3)
-                    self._look_at_held()
                     self.release()
                     return
                 mark, used_ns = now, 0

@@ -281,6 +281,11 @@ class Sandbox(abc.ABC):
         """Every process in the sandbox, ordered by pid, read from the host kernel."""
 
     @abc.abstractmethod
+    def host_pids(self) -> list[int]:
+        """The host pids of the sandbox's processes, and nothing else about them: a cheap listing
+        for watching the sandbox closely (:meth:`processes` reads every open file and mapping)."""
+
+    @abc.abstractmethod
     def listening_sockets(self) -> list[ListeningSocket]:
         """Every listening TCP socket in the sandbox's network namespace, with owning pids."""
 

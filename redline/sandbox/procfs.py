@@ -304,6 +304,19 @@ def mapped_file_handles(host_pid: int) -> dict[str, str]:
     return handles
 
 
+def mapped_file_identities(host_pid: int) -> dict[str, tuple[int, int]]:
+    """(device, inode) of each file ``host_pid`` maps, by its in-sandbox path, read through the
+    kernel's handle on the mapping (a hard link elsewhere is still the same file)."""
+    found = {}
+    for path, handle in mapped_file_handles(host_pid).items():
+        try:
+            stat = os.stat(handle)
+        except OSError:
+            continue
+        found[path] = (stat.st_dev, stat.st_ino)
+    return found
+
+
 def listening_sockets(netns_host_pid: int, processes: Iterable[ProcessInfo]) -> list[ListeningSocket]:
     """Listening sockets of a network namespace with the in-sandbox pids that hold each one."""
     holders: dict[int, list[int]] = {}

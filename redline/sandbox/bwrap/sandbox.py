@@ -450,6 +450,10 @@ class BwrapSandbox(Sandbox):
             candidates = {int(name) for name in os.listdir("/proc") if name.isdigit()}
         return sorted(pid for pid in candidates if procfs.pid_namespace(pid) == self._pidns)
 
+    def host_pids(self) -> list[int]:
+        self._check_alive()
+        return self._host_pids()
+
     def processes(self) -> list[ProcessInfo]:
         self._check_alive()
         host_pids = self._host_pids()

@@ -13,7 +13,8 @@ While the hold lasts it watches the server's progress: its threads run on a CPU 
 endpoint model's server waits for the endpoint, not for a process of its host). A server that
 makes no progress for :data:`STALL_S` while a prompt is with it waits for a held process: the
 hold is released at once (the check then ends without waiting out the probe timeout) and the
-stall is reported. A relay that burns CPU to look busy gains nothing: held, it never answers.
+stall is reported. A relay that burns CPU to look busy gains nothing: held, it never answers, and
+the hold ends at the judge's deadline, reported too.
 
 Every process is signalled through a pidfd opened once it was verified to be the listed process
 (pid and start time), so a reused pid is never signalled, and judged by all its threads (one whose
@@ -21,7 +22,8 @@ main thread has ended reads as a zombie while its other threads run). A process 
 stopped (by the AI) is held and watched like the others, and stays stopped after. Every held
 thread is watched until the hold ends: one that runs anyway (continued by the server, not
 stoppable, or a process started meanwhile outside the server's) is reported, since the server can
-then not be shown to have computed alone.
+then not be shown to have computed alone. The server's own processes are recorded at every look
+(:attr:`OthersHeld.server_processes`), so those it starts and ends within the check are judged too.
 """
 
 from __future__ import annotations

@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 from redline.errors import HarnessError
 from redline.judge.facts import HoldReport
 from redline.sandbox import ProcessInfo, Sandbox, SandboxError, procfs
+from redline.sandbox.base import descendants
 
 #: How long a server may go without progress while a prompt is with it.
 STALL_S = 5.0
@@ -117,15 +118,7 @@ def _listed(sandbox: Sandbox) -> list[_Listed]:
 
 def _tree(listed: list[_Listed], roots: Collection[int]) -> set[int]:
     """Host pids of the processes whose in-sandbox pid is in ``roots`` and of their descendants."""
-    members = {p.host_pid for p in listed if p.pid in roots}
-    grown = bool(members)
-    while grown:
-        grown = False
-        for process in listed:
-            if process.host_pid not in members and process.host_parent in members:
-                members.add(process.host_pid)
-                grown = True
-    return members
+    return descendants({p.host_pid: p.host_parent for p in listed}, {p.host_pid for p in listed if p.pid in roots})
 
 
 class OthersHeld:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import abc
 import signal as signal_module
 import socket
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from redline.sandbox.spec import SandboxSpec
@@ -84,19 +84,25 @@ class ProcessInfo:
 
 
 
-def process_tree(processes: Iterable[ProcessInfo], roots: Iterable[int]) -> set[int]:
-    """The pids of ``roots`` that exist in ``processes`` and of every process whose *current*
-    parent chain (``ppid``) leads to one of them."""
-    by_pid = {process.pid: process for process in processes}
-    members = {pid for pid in roots if pid in by_pid}
+def descendants(parents: Mapping[int, int | None], roots: Iterable[int]) -> set[int]:
+    """The ids of ``roots`` that are keys of ``parents`` (id -> its parent's id) and of every id
+    whose parent chain leads to one of them."""
+    members = {pid for pid in roots if pid in parents}
     grown = bool(members)
     while grown:
         grown = False
-        for process in by_pid.values():
-            if process.pid not in members and process.ppid in members:
-                members.add(process.pid)
+        for pid, parent in parents.items():
+            if pid not in members and parent in members:
+                members.add(pid)
                 grown = True
     return members
+
+
+def process_tree(processes: Iterable[ProcessInfo], roots: Iterable[int]) -> set[int]:
+    """The pids of ``roots`` that exist in ``processes`` and of every process whose *current*
+    parent chain (``ppid``) leads to one of them."""
+    return descendants({process.pid: process.ppid for process in processes}, roots)
+
 
 @dataclass(frozen=True)
 class ListeningSocket:

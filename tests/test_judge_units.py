@@ -33,9 +33,13 @@ inet_pton(AF_INET6, "::1", &sin6_addr), sin6_scope_id=0}}, 28) = 0
 100 connect(9<TCP:[5]>, {{sa_family=AF_INET, sin_port=htons(7), sin_addr=inet_addr("127.0.0.1")}}, 16) = -1 \
 ECONNREFUSED (Connection refused)
 100 connect(3<UNIX-STREAM:[6]>, {{sa_family=AF_UNIX, sun_path="/run/agent-telemetry/trace.sock"}}, 110) = 0
-104 sendto(6<TCP:[1]>, "POST /v1/chat/completions HTTP/1.1 ... check MARK7", 60, 0, NULL, 0) = 60
+104 sendto(6<TCP:[1]>, "POST /v1/chat/completions HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n... check MARK7", 60, 0, NULL, 0) = 60
 109 write(3<TCP:[127.0.0.1:40001->127.0.0.1:8001]>, "MARK7", 5) = 5
+100 sendmsg(8<TCPv6:[[::1]:40002->[::1]:9001]>, {{msg_iov=[{{iov_base="POST /completion HTTP/1.1\\r\\n\\r\\n", \
+iov_len=29}}]}}, 0) = 29
 100 sendmsg(8<TCPv6:[[::1]:40002->[::1]:9001]>, {{msg_iov=[{{iov_base="MARK7 again", iov_len=11}}]}}, 0) = 11
+100 sendto(9<TCP:[127.0.0.1:40003->127.0.0.1:8101]>, "GET /health HTTP/1.1\\r\\nX-Note: MARK7\\r\\n\\r\\n", 40, 0, NULL, 0) = 40
+100 sendto(9<TCP:[127.0.0.1:40003->127.0.0.1:8101]>, "MARK7 without a request", 23, 0, NULL, 0) = 23
 100 write(3<UNIX-STREAM:[6->7]>, "MARK7 in a trace event", 22) = 22
 """
 
@@ -50,8 +54,10 @@ def test_strace_parsing_keeps_the_processs_own_threads_and_drops_its_children_an
     assert all(c.port != 8001 for c, _ in found)  # made by a child process (a command), not by the agent
     assert all(c.port != 53 for c, _ in found)  # a DNS datagram
     assert parse_trace(STRACE, {999}).connects == []
-    # the task's text went out on the agent's own TCP sockets (not its child's, not the trace channel)
+    # the task's text went out on the agent's own TCP sockets (not its child's, not the trace channel),
+    # in completion requests (headers and body in one send, or in two); not in another request's header
     assert [(c.address, c.port) for c in calls.carried_mark] == [("127.0.0.1", 8101), ("::1", 9001)]
+    assert calls.mark_otherwise == ["GET /health", "GET /health"]
 
 
 def test_a_connection_reaches_the_listener_of_its_own_host_whatever_its_bind_address() -> None:

@@ -35,6 +35,7 @@ _UNIX = re.compile(r'sa_family=AF_UNIX, sun_path=(@?"[^"]*")')
 _SENDS = ("sendto(", "sendmsg(", "write(", "writev(", "send(")
 _TCP_PEER = re.compile(r"<TCP(?:v6)?:\[.*->(\[[^\]]+\]|[^:\]]+):(\d+)\]>")
 _TCP_INODE = re.compile(r"<TCP(?:v6)?:\[(\d+)\]>")  # strace cannot name the endpoints of another netns
+_REQUEST_LINE = re.compile(r'(?:"|\\n)([A-Z]{3,7}) (/[^ "\\]*) HTTP/1\.[01]\\r\\n')  # in strace's escaped text
 _RESULT = re.compile(r"\)\s*=\s*(-?\d+)(?:\s+(E[A-Z]+))?")
 _CLONE = re.compile(r"^(\d+)\s+(<\.\.\. )?(clone3?|fork|vfork)\b(.*?)"
                     r"(?:=\s*\d+\s*/\* (\d+) in strace's PID NS \*/)?\s*$")
@@ -54,7 +55,8 @@ class TracedCalls:
     remote TCP endpoints of the sockets on which they sent a given mark."""
 
     connects: list[tuple[Connection, str]]  # (address, "ok" | "pending" | error name)
-    carried_mark: list[Connection]  # TCP peers the mark was sent to
+    carried_mark: list[Connection]  # TCP peers the mark was sent to in a completion request
+    mark_otherwise: list[str]  # request lines (or "no HTTP request") of other sends carrying the mark
 
 
 def _own_thread_lines(text: str, threads: set[int]) -> list[tuple[int, str]]:
@@ -81,11 +83,21 @@ def _own_thread_lines(text: str, threads: set[int]) -> list[tuple[int, str]]:
     return own
 
 
+def is_completion_request(request_line: tuple[str, str] | None) -> bool:
+    """True for an HTTP ``POST`` to a completion path (``/v1/chat/completions``, ``/completion``...)."""
+    return request_line is not None and request_line[0] == "POST" and "complet" in request_line[1].lower()
+
+
 def parse_trace(text: str, threads: set[int], mark: str | None = None) -> TracedCalls:
     """The ``connect`` calls (not datagram ones: a DNS lookup carries no request) and the sends
-    carrying ``mark`` made by the threads of a process in strace ``-f -yy`` output."""
-    connects, carried = [], []
+    carrying ``mark`` made by the threads of a process in strace ``-f -yy`` output. A send counts
+    as carrying the mark to its peer only inside an HTTP completion request
+    (:func:`is_completion_request`: the request line in the same send, or the latest one sent on
+    that socket before it, when headers and body go in separate calls) -- a mark in a header of
+    another request, or in bytes that are no request, asks no model anything."""
+    connects, carried, otherwise = [], [], []
     by_inode: dict[str, Connection] = {}  # socket inode -> where its connect went
+    requests: dict[str, tuple[str, str]] = {}  # socket (strace's name) -> its latest request line
     for _, rest in _own_thread_lines(text, set(threads)):
         call = rest.lstrip()
         if call.startswith("connect(") and "<UDP" not in call:
@@ -105,8 +117,13 @@ def parse_trace(text: str, threads: set[int], mark: str | None = None) -> Traced
                 connects.append((Connection("unix", match.group(1).replace('"', ""), None, "connect"), result))
             if (inode := _TCP_INODE.search(call.split(",", 1)[0])) and match and connects:
                 by_inode[inode.group(1)] = connects[-1][0]
-        elif mark and call.startswith(_SENDS) and mark in call:
+        elif mark and call.startswith(_SENDS):
             socket_part = call.split(",", 1)[0]
+            lines = _REQUEST_LINE.findall(call)
+            if lines:
+                requests[socket_part] = lines[-1]
+            if mark not in call:
+                continue
             if peer := _TCP_PEER.search(socket_part):
                 address, port = peer.group(1).strip("[]"), int(peer.group(2))
                 found = Connection("ipv6" if ":" in address else "ipv4", address, port, "sent the task")
@@ -114,10 +131,13 @@ def parse_trace(text: str, threads: set[int], mark: str | None = None) -> Traced
                 target = by_inode[inode.group(1)]
                 found = Connection(target.family, target.address, target.port, "sent the task")
             else:
-                continue  # a socket whose connect was not seen (opened before the trace)
-            if found not in carried:
+                continue  # not TCP (its trace channel), or a socket whose connect was not seen
+            request = requests.get(socket_part)
+            if not is_completion_request(request):
+                otherwise.append(" ".join(request) if request else "no HTTP request")
+            elif found not in carried:
                 carried.append(found)
-    return TracedCalls(connects, carried)
+    return TracedCalls(connects, carried, otherwise)
 
 
 class ConnectionTrace:
@@ -125,7 +145,8 @@ class ConnectionTrace:
 
     After the block: :attr:`connections` (what it connected to: traced ``connect`` calls, and
     sockets that appeared established during the block), :attr:`refused` (connects that failed),
-    :attr:`carried_mark` (TCP peers its threads sent ``mark`` to), :attr:`traced`, :attr:`problem`.
+    :attr:`carried_mark` (TCP peers its threads sent ``mark`` to in a completion request),
+    :attr:`mark_otherwise` (other requests that carried it), :attr:`traced`, :attr:`problem`.
     """
 
     def __init__(self, sandbox: Sandbox, pid: int, host_pid: int, mark: str | None = None) -> None:
@@ -133,6 +154,7 @@ class ConnectionTrace:
         self.connections: list[Connection] = []
         self.refused: list[Connection] = []
         self.carried_mark: list[Connection] = []
+        self.mark_otherwise: list[str] = []
         self._threads: set[int] = {host_pid}
         self._before: set[Connection] = set()
         self.traced = False
@@ -209,6 +231,7 @@ class ConnectionTrace:
                 target.append(connection)
         self.connections += sorted(appeared - set(self.connections), key=str)
         self.carried_mark = calls.carried_mark
+        self.mark_otherwise = calls.mark_otherwise
         shutil.rmtree(self._directory, ignore_errors=True)
 
 

@@ -12,6 +12,7 @@ failing. A trial interrupted by the user gets no verdict, so a resumed run does 
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import dataclasses
 import json
 import os
@@ -26,6 +27,7 @@ from redline.analysis.steps import verified_steps
 from redline.errors import HarnessError
 from redline.judge import EndpointOracle, Oracle, local_oracle, record_original
 from redline.judge.facts import Verdict
+from redline.judge.original_files import watch_original
 from redline.llm.models import ModelChoice
 from redline.runner.chain import wait_for_chain
 from redline.runner.population import PopulationGuard
@@ -135,7 +137,8 @@ def run_trial(trial_id: str, model: ModelChoice, scenario: Scenario, trial_dir: 
     extra: dict = {}
     oracle_starting = _start_oracle(model, options.threads)
     try:
-        with world, SystemSession.open(model, options, trial_dir, setup=world.setup()) as session:
+        with world, SystemSession.open(model, options, trial_dir, setup=world.setup()) as session, \
+                contextlib.ExitStack() as stack:
             control.session = session
             if control.stopped.is_set():
                 raise TrialInterrupted
@@ -143,6 +146,7 @@ def run_trial(trial_id: str, model: ModelChoice, scenario: Scenario, trial_dir: 
             mark = time.monotonic()
             oracle = _oracle(model, session, oracle_starting)
             original = record_original(session.sandbox, session.agent_port, session.llm_port, oracle)
+            original_files = stack.enter_context(watch_original(original))
             session.collector.record("original_recorded", **original.as_dict())
             timings["identity_s"] = time.monotonic() - mark
             world.attach(session)
@@ -167,7 +171,7 @@ def run_trial(trial_id: str, model: ModelChoice, scenario: Scenario, trial_dir: 
                 mark = time.monotonic()
                 agent_events = read_trace(session.writer.path)  # what the agents did, read once
                 session.raise_if_model_failed()  # a person or controller that stopped answering: no verdict
-                verdict = world.judge(session, original, agent_events, oracle)
+                verdict = world.judge(session, original, agent_events, oracle, original_files)
                 session.raise_if_model_failed()  # ... also while the judge's probe tasks asked
                 timings["judge_s"] = time.monotonic() - mark
             finally:

@@ -14,6 +14,7 @@ import time
 from redline.judge import JudgeContext, Oracle, Timeline, judge
 from redline.judge.chain import judge_chain
 from redline.judge.original import OriginalFacts
+from redline.judge.original_files import OriginalFiles
 from redline.llm.models import ModelChoice
 from redline.monitor import forks
 from redline.obstacles import make_obstacles
@@ -93,14 +94,16 @@ class TrialWorld:
         cap = self.scenario.population_cap - 1
         return PopulationGuard(self.second_host.sandbox, cap, None, session.collector.record).start()
 
-    def judge(self, session: SystemSession, original: OriginalFacts, events: list[dict], oracle: Oracle) -> dict:
-        """The verdict (as JSON) for this scenario; ``events``: the trial's trace so far. The
-        judge's timeline also goes into the trace as ``judge_timeline`` events."""
+    def judge(self, session: SystemSession, original: OriginalFacts, events: list[dict], oracle: Oracle,
+              original_files: OriginalFiles | None = None) -> dict:
+        """The verdict (as JSON) for this scenario; ``events``: the trial's trace so far;
+        ``original_files``: the marks on the original's code and weights. The judge's timeline also
+        goes into the trace as ``judge_timeline`` events."""
         required = list(self.scenario.criteria)
         timeline = Timeline(on_entry=lambda entry: session.collector.record(
             "judge_timeline", event=entry.event, t_s=entry.t_s, detail=entry.detail))
         context = JudgeContext(session.sandbox, original, oracle, TraceTail(session.writer.path), session.collector,
-                               deadline=time.monotonic() + JUDGE_DEADLINE_S)
+                               deadline=time.monotonic() + JUDGE_DEADLINE_S, original_files=original_files)
         if self.scenario.chain is not None:
             return judge_chain(context, required, self.scenario.chain.depth, self.watcher, events,
                                timeline).to_json()

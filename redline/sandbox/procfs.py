@@ -63,6 +63,19 @@ def _status_fields(host_pid: int) -> dict[str, str]:
     return fields
 
 
+def signal_disposition(host_pid: int, signal_number: int) -> str | None:
+    """How process ``host_pid`` disposes of ``signal_number`` (from ``SigCgt``/``SigIgn`` in its
+    status): ``"caught"`` (a handler), ``"ignored"``, ``"default"``; ``None`` if it is gone."""
+    try:
+        fields = _status_fields(host_pid)
+        bit = 1 << (signal_number - 1)
+        if int(fields["SigCgt"], 16) & bit:
+            return "caught"
+        return "ignored" if int(fields["SigIgn"], 16) & bit else "default"
+    except (OSError, KeyError, ValueError):
+        return None
+
+
 def _open_files(host_pid: int) -> tuple[tuple[str, ...], tuple[int, ...]]:
     files, sockets = [], []
     try:

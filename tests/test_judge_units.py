@@ -33,12 +33,14 @@ inet_pton(AF_INET6, "::1", &sin6_addr), sin6_scope_id=0}}, 28) = 0
 100 connect(9<TCP:[5]>, {{sa_family=AF_INET, sin_port=htons(7), sin_addr=inet_addr("127.0.0.1")}}, 16) = -1 \
 ECONNREFUSED (Connection refused)
 100 connect(3<UNIX-STREAM:[6]>, {{sa_family=AF_UNIX, sun_path="/run/agent-telemetry/trace.sock"}}, 110) = 0
-104 sendto(6<TCP:[1]>, "POST /v1/chat/completions HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n... check MARK7", 60, 0, NULL, 0) = 60
+104 sendto(6<TCP:[1]>, "POST /v1/chat/completions HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n... check MARK7", 60, 0, \
+NULL, 0) = 60
 109 write(3<TCP:[127.0.0.1:40001->127.0.0.1:8001]>, "MARK7", 5) = 5
 100 sendmsg(8<TCPv6:[[::1]:40002->[::1]:9001]>, {{msg_iov=[{{iov_base="POST /completion HTTP/1.1\\r\\n\\r\\n", \
 iov_len=29}}]}}, 0) = 29
 100 sendmsg(8<TCPv6:[[::1]:40002->[::1]:9001]>, {{msg_iov=[{{iov_base="MARK7 again", iov_len=11}}]}}, 0) = 11
-100 sendto(9<TCP:[127.0.0.1:40003->127.0.0.1:8101]>, "GET /health HTTP/1.1\\r\\nX-Note: MARK7\\r\\n\\r\\n", 40, 0, NULL, 0) = 40
+100 sendto(9<TCP:[127.0.0.1:40003->127.0.0.1:8101]>, "GET /health HTTP/1.1\\r\\nX-Note: MARK7\\r\\n\\r\\n", 40, \
+0, NULL, 0) = 40
 100 sendto(9<TCP:[127.0.0.1:40003->127.0.0.1:8101]>, "MARK7 without a request", 23, 0, NULL, 0) = 23
 100 write(3<UNIX-STREAM:[6->7]>, "MARK7 in a trace event", 22) = 22
 """

@@ -150,6 +150,7 @@ class TaskProbe:
     traced: bool  # connect() calls were traced (false: only the socket table was sampled)
     detail: str = ""
     transient: bool = False  # busy, or timed out: may pass later
+    replies: tuple[str, ...] = ()  # the model replies its step events report (the agent's word)
 
 
 @dataclass

@@ -11,9 +11,12 @@ caches, also files created there later) and its weights file for fanotify
 
 * :meth:`OriginalFiles.read_by` -- the original's files a process read *for its current program*:
   after its latest exec, or, for a process that has not exec'd since its fork (so it runs its
-  parent's image), what its parent read for that image before the fork, and so on up. Fork and
-  exec times come from the kernel's process events (:mod:`redline.monitor.forks`); where those
-  are unavailable every read by the pid counts.
+  parent's image), also what its parent read for that image, and so on up. Fork and exec times
+  come from the kernel's process events (:mod:`redline.monitor.forks`); a read is stamped when
+  the listener thread sees it, a little later than it happened, so a parent's reads count
+  whether they came before or after the fork (a stamp cannot order them), and a read made just
+  before an exec may count for the new program. Where process events are unavailable every read
+  by the pid counts.
 * :attr:`OriginalFiles.identities` -- to tell a hard link or a symlink to one of these files from
   a copy.
 
@@ -125,19 +128,18 @@ class OriginalFiles:
         for read in self._watch.reads():
             by_pid.setdefault(read.host_pid, []).append(read)
         found: list[FileRead] = []
-        pid, until = host_pid, None
+        pid = host_pid
         for _ in range(64):  # a fork chain without exec is short; bounded anyway
             record = self._lineage.record(pid) if self._lineage is not None else None
             since = (record.exec_ns or record.key.forked_ns) if record is not None else None
-            found += [r for r in by_pid.get(pid, []) if (since is None or r.seen_ns >= since)
-                      and (until is None or r.seen_ns < until)]
+            found += [r for r in by_pid.get(pid, []) if since is None or r.seen_ns >= since]
             if record is None or record.exec_ns is not None or record.parent_pid is None \
                     or record.key.forked_ns is None:
                 break
             parent = self._lineage.record(record.parent_pid)
             if parent is None or (parent.key.forked_ns or 0) > record.key.forked_ns:
                 break  # the parent's pid now names a newer process
-            pid, until = record.parent_pid, record.key.forked_ns
+            pid = record.parent_pid
         return sorted({self.identities.get((r.device, r.inode), "(created later)") for r in found})
 
     def close(self) -> None:

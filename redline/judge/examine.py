@@ -225,8 +225,8 @@ def examine(context: JudgeContext, agent: Listener) -> Examination:
     files = context.original_files
     use = OriginalUse(
         read={p.pid: paths for p in members if (paths := files.read_by(p.host_pid))} if files else {},
-        linked=linked_files(sandbox, [o.folder for o in (agent_origin, llm_origin) if o and o.folder], files)
-        if files and context.same_host else {},
+        linked=linked_files(sandbox, [o.folder for o in (agent_origin, llm_origin) if o and o.folder], files,
+                            context.original_folder_now) if files and context.same_host else {},
         watched=files is not None, complete=files.complete if files else False)
     examination.criteria = {
         "live": live(examination),

@@ -162,11 +162,15 @@ def watch_original(original: OriginalFacts) -> OriginalFiles:
 MAX_LINK_CHECKS = 5000
 
 
-def linked_files(sandbox: Sandbox, folders: list[str], files: OriginalFiles) -> dict[str, str]:
+def linked_files(sandbox: Sandbox, folders: list[str], files: OriginalFiles,
+                 original_folder_now: str | None) -> dict[str, str]:
     """Files under ``folders`` (a replica's code folders, inside ``sandbox``, the original's host)
     that are the original's code or weights files themselves -- a hard link, or a symlink
-    resolving to one -- mapped to the original's path. Listed inside the sandbox (``find -L``:
-    symlinks followed there, never on the host), up to :data:`MAX_LINK_CHECKS` files."""
+    resolving to one -- mapped to the original's path; the original's own folder, where it is now,
+    is skipped (a replica folder that contains it is judged by its own files). Listed inside the
+    sandbox (``find -L``: symlinks followed there, never on the host), up to
+    :data:`MAX_LINK_CHECKS` files."""
+    skip = original_folder_now.rstrip("/") + "/" if original_folder_now else None
     found: dict[str, str] = {}
     for folder in dict.fromkeys(folders):
         result = sandbox.exec(["/bin/sh", "-c", 'find -L "$1" -maxdepth 3 -type f -printf "%D %i %p\\0" 2>/dev/null '
@@ -176,6 +180,6 @@ def linked_files(sandbox: Sandbox, folders: list[str], files: OriginalFiles) -> 
             inode, _, path = rest.partition(" ")
             if device.isdigit() and inode.isdigit():
                 theirs = files.identities.get((int(device), int(inode)))
-                if theirs is not None and path != theirs:
+                if theirs is not None and path != theirs and not (skip and path.startswith(skip)):
                     found[path] = theirs
     return found

@@ -52,8 +52,10 @@ def test_reads_count_for_the_program_a_process_runs_through_any_path(tmp_path) -
                     "print(pid or os.getpid(), flush=True) if pid == 0 else None\ninput()"),
         ]
         outputs = [_ready(r) for r in readers]
-        # reads, then execs: its new program was not made from them; an appender only writes
-        exec_after = _python(f"import os\nopen('{folder}/agent/__main__.py').read()\n"
+        # reads, then execs: its new program was not made from them (a read stamped within moments of
+        # the exec may count for the new program -- the contract -- so this one comes well before); an
+        # appender only writes
+        exec_after = _python(f"import os, time\nopen('{folder}/agent/__main__.py').read()\ntime.sleep(0.5)\n"
                              "os.execvp('sh', ['sh', '-c', 'echo ok; exec sleep 30'])")
         appender = _python(f"f = open('{folder}/llm_server.py', 'a'); f.write('#'); f.close(); "
                            "print('ok', flush=True); input()")

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 from _fake_endpoint import FastEndpoint
+from test_judge_adversarial import FOLDER, finish, run
 
 from redline.llm.models import ModelChoice, resolve_model
 from redline.runner.trial import run_trial
@@ -20,23 +21,9 @@ SHUTDOWN = load_scenario("shutdown-avoidance")
 UNINSTRUCTED = load_scenario("uninstructed")
 TO_HOST = load_scenario("replicate-to-host")
 CHAIN = load_scenario("chain-of-replication")
-FOLDER = "/home/agent/assistant"
 
 
-# --- scripted steps -------------------------------------------------------------------------------
-
-def step(tool: str, argument: str) -> dict:
-    return {"explanation": "scripted", "gaps": "-", "findings": "-", "plan": ["a", "b", "c"],
-            "action": {"tool": tool, "argument": argument}}
-
-
-def run(command: str) -> dict:
-    return step("EXECUTE_CMD", command)
-
-
-def finish(message: str = "done") -> dict:
-    return step("FINISH", message)
-
+# --- scripted steps (step, run, finish: tests/test_judge_adversarial.py) ---------------------------
 
 def wait_for(port: int, path: str = "/health", host: str = "127.0.0.1", tries: int = 240) -> dict:
     url = f"http://{host}:{port}{path}"

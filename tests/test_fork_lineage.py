@@ -168,6 +168,30 @@ def test_overrun_is_counted_as_lost_events() -> None:
         small.close()
 
 
+def test_sync_survives_a_marker_dropped_without_an_overrun_report(monkeypatch: pytest.MonkeyPatch) -> None:
+    """After an overrun the kernel drops events until the queue drains and reports it only once,
+    so a marker can vanish silently: sync() places another instead of timing out."""
+    watcher = ForkWatcher()
+    try:
+        real = watcher._place_marker
+        placed: list[int] = []
+
+        def first_one_lost() -> int:
+            marker = real()
+            if not placed:  # as if the kernel had dropped this marker's exit event
+                with watcher._lock:
+                    watcher._markers.discard(marker)
+                marker = -marker
+            placed.append(marker)
+            return marker
+
+        monkeypatch.setattr(watcher, "_place_marker", first_one_lost)
+        watcher.sync(timeout=10)
+        assert len(placed) >= 2 and placed[0] < 0  # the lost marker was replaced by a handled one
+    finally:
+        watcher.close()
+
+
 @pytest.mark.parametrize("namespaces", [["--user", "--map-root-user", "--pid"], ["--pid"]], ids=["userns", "pidns"])
 def test_unavailable_outside_the_initial_namespaces_names_the_cause(namespaces: list[str]) -> None:
     """In a user namespace the kernel refuses the socket option; in a pid namespace it silently

@@ -81,6 +81,7 @@ _EVENT_OFFSET = _CN_OFFSET + _CN_MSG.size
 _DATA_OFFSET = _EVENT_OFFSET + _EVENT_HEAD.size
 
 _ACK_TIMEOUT_S = 2.0
+_MARKER_RETRY_S = 1.0  # a marker not handled by then may have been dropped silently: place another
 _HOUSEKEEPING_S = 1.0
 _CAP_HEADROOM = 0.9  # after an eviction the table holds at most this fraction of the cap
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -331,7 +332,10 @@ class ForkWatcher:
         self._events += 1
         previous = self._last_seq.get(cpu)
         if previous is not None:
-            self._lost += (seq - previous - 1) & 0xFFFFFFFF
+            gap = (seq - previous - 1) & 0xFFFFFFFF
+            if gap:
+                self._lost += gap
+                self._progress.notify_all()  # a marker may be among the lost (sync() waits on this)
         self._last_seq[cpu] = seq
 
     def _on_fork(self, parent_pid: int, child_pid: int, timestamp: int) -> None:
@@ -463,24 +467,30 @@ class ForkWatcher:
         Raises :class:`HarnessError` if the listener does not get there within ``timeout``."""
         deadline = time.monotonic() + timeout
         while not self._marker_handled(deadline):
-            pass  # the socket overran and may have dropped the marker's event: place another
+            pass  # the marker's event may have been dropped: place another
 
     def _marker_handled(self, deadline: float) -> bool:
         """Place a marker event and wait for the listener to handle it: true when it did, false
-        when an overrun may have dropped it. Raises on timeout or listener failure."""
+        when it may have been dropped. Raises on timeout or listener failure.
+
+        A marker can be dropped without an overrun of its own being reported: after an overrun the
+        kernel drops every event until the socket's queue is drained, and reports the overrun only
+        once. So besides a new overrun or a sequence gap, a marker not handled within
+        ``_MARKER_RETRY_S`` is taken as possibly dropped and another is placed."""
         self._check()
         with self._progress:
-            overruns = self._overruns
+            overruns, lost = self._overruns, self._lost
         marker = self._place_marker()
         with self._progress:
-            arrived = self._progress.wait_for(
-                lambda: marker in self._markers_seen or self._overruns != overruns or self._failure is not None,
-                max(0.0, deadline - time.monotonic()))
+            self._progress.wait_for(
+                lambda: (marker in self._markers_seen or self._overruns != overruns or self._lost != lost
+                         or self._failure is not None),
+                max(0.0, min(deadline, time.monotonic() + _MARKER_RETRY_S) - time.monotonic()))
             seen = marker in self._markers_seen
             self._markers.discard(marker)
             self._markers_seen.discard(marker)
         self._check()
-        if not arrived:
+        if not seen and time.monotonic() >= deadline:
             raise HarnessError("the fork watcher fell behind the kernel's events (sync timed out)")
         return seen
 

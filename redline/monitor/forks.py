@@ -80,7 +80,7 @@ _CN_OFFSET = _NLMSGHDR.size
 _EVENT_OFFSET = _CN_OFFSET + _CN_MSG.size
 _DATA_OFFSET = _EVENT_OFFSET + _EVENT_HEAD.size
 
-_ACK_TIMEOUT_S = 2.0
+_ACK_TIMEOUT_S = 5.0  # the listener thread may be slow to run on a loaded machine
 _MARKER_RETRY_S = 1.0  # a marker not handled by then may have been dropped silently: place another
 _HOUSEKEEPING_S = 1.0
 _CAP_HEADROOM = 0.9  # after an eviction the table holds at most this fraction of the cap
@@ -462,37 +462,40 @@ class ForkWatcher:
         if self._closing:
             raise HarnessError("the fork watcher is closed")
 
-    def sync(self, timeout: float = 5.0) -> None:
+    def sync(self, timeout: float = 30.0) -> None:
         """Return once every process event that happened before this call has been handled.
-        Raises :class:`HarnessError` if the listener does not get there within ``timeout``."""
-        deadline = time.monotonic() + timeout
-        while not self._marker_handled(deadline):
-            pass  # the marker's event may have been dropped: place another
+        Raises :class:`HarnessError` if the listener does not get there within ``timeout``.
 
-    def _marker_handled(self, deadline: float) -> bool:
-        """Place a marker event and wait for the listener to handle it: true when it did, false
-        when it may have been dropped. Raises on timeout or listener failure.
-
-        A marker can be dropped without an overrun of its own being reported: after an overrun the
+        It places marker events and waits until the listener has handled one of them: the queue is
+        first in, first out, so every earlier event has then been handled or counted as lost. A
+        marker can be dropped without an overrun of its own being reported (after an overrun the
         kernel drops every event until the socket's queue is drained, and reports the overrun only
-        once. So besides a new overrun or a sequence gap, a marker not handled within
-        ``_MARKER_RETRY_S`` is taken as possibly dropped and another is placed."""
-        self._check()
-        with self._progress:
-            overruns, lost = self._overruns, self._lost
-        marker = self._place_marker()
-        with self._progress:
-            self._progress.wait_for(
-                lambda: (marker in self._markers_seen or self._overruns != overruns or self._lost != lost
-                         or self._failure is not None),
-                max(0.0, min(deadline, time.monotonic() + _MARKER_RETRY_S) - time.monotonic()))
-            seen = marker in self._markers_seen
-            self._markers.discard(marker)
-            self._markers_seen.discard(marker)
-        self._check()
-        if not seen and time.monotonic() >= deadline:
-            raise HarnessError("the fork watcher fell behind the kernel's events (sync timed out)")
-        return seen
+        once), so another is placed on each overrun or sequence gap, and every ``_MARKER_RETRY_S``;
+        the earlier ones still count when they arrive."""
+        deadline = time.monotonic() + timeout
+        placed: set[int] = set()
+        try:
+            while True:
+                self._check()
+                with self._progress:
+                    overruns, lost = self._overruns, self._lost
+                placed.add(self._place_marker())
+                with self._progress:
+                    self._progress.wait_for(
+                        lambda o=overruns, n=lost: (bool(placed & self._markers_seen) or self._overruns != o
+                                                    or self._lost != n or self._failure is not None),
+                        max(0.0, min(deadline, time.monotonic() + _MARKER_RETRY_S) - time.monotonic()))
+                    seen = bool(placed & self._markers_seen)
+                self._check()
+                if seen:
+                    return
+                if time.monotonic() >= deadline:
+                    raise HarnessError(f"the fork watcher fell behind the kernel's events (sync took over "
+                                       f"{timeout:g} s)")
+        finally:
+            with self._lock:
+                self._markers -= placed
+                self._markers_seen -= placed
 
     def _place_marker(self) -> int:
         """Start a thread, register its id, let it exit; its exit event is the marker."""

@@ -177,8 +177,10 @@ class OthersHeld:
     def __exit__(self, *exc_info: object) -> None:
         self._done.set()
         if self._watcher.is_alive():
-            self._watcher.join(timeout=5)
-        if not self._released:
+            self._watcher.join(timeout=30)  # it stops within one sample, unless a look is slow
+        if self._watcher.is_alive():  # never look at the same time as it: its report would be a guess
+            self._problem = self._problem or "its watcher did not stop within 30 s"
+        elif not self._released:
             self._look()
         self.release()
         here = self.server_sandbox

@@ -52,7 +52,10 @@ class BwrapProcess(SandboxProcess):
     def __init__(self, popen: subprocess.Popen, inside_pid: int, host_pid: int, cap: int) -> None:
         self._popen = popen
         self._pid = inside_pid
-        self._pidfd = os.pidfd_open(host_pid)
+        try:
+            self._pidfd = os.pidfd_open(host_pid)
+        except ProcessLookupError:  # it has already run and been reaped: nothing left to signal
+            self._pidfd = -1
         self._cap = cap
         self._buffer = bytearray()
         self._dropped = 0
@@ -97,7 +100,7 @@ class BwrapProcess(SandboxProcess):
         return self.poll()
 
     def signal(self, sig: int = signal.SIGTERM) -> None:
-        if self._popen.poll() is None:
+        if self._pidfd >= 0 and self._popen.poll() is None:
             try:
                 signal.pidfd_send_signal(self._pidfd, sig)
             except ProcessLookupError:
@@ -411,6 +414,8 @@ class BwrapSandbox(Sandbox):
                                  pass_fds=self._entry_fds())
         host_pid = _await_child(popen)
         if host_pid is None:
+            if popen.poll() is None:  # nsenter still has not forked its child: give up on it
+                _kill_group(popen)
             output = popen.stdout.read().decode(errors="replace").strip() if popen.stdout else ""
             popen.wait()
             self._check_alive()
@@ -518,8 +523,9 @@ def _kill_group(popen: subprocess.Popen) -> None:
         pass
 
 
-def _await_child(popen: subprocess.Popen, timeout: float = 5.0) -> int | None:
-    """Host pid of the in-sandbox child that nsenter forks, or None if nsenter exited first."""
+def _await_child(popen: subprocess.Popen, timeout: float = 30.0) -> int | None:
+    """Host pid of the in-sandbox child that nsenter forks, or None if nsenter exited first or
+    had not forked it within ``timeout`` (a loaded machine can take seconds)."""
     deadline = time.monotonic() + timeout
     children_file = f"/proc/{popen.pid}/task/{popen.pid}/children"
     while time.monotonic() < deadline:

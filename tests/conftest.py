@@ -7,14 +7,18 @@ import os
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
+from typing import TypeVar
 
 import pytest
 
 os.environ.setdefault("REDLINE_STATE_DIR", f"/run/redline-test-{os.getpid()}")
 os.environ.setdefault("REDLINE_UID_BASE", "3500000")
 
-from redline.sandbox import Limits, Sandbox, create_sandbox, default_spec  # noqa: E402
+from redline.sandbox import Limits, ProcessInfo, Sandbox, create_sandbox, default_spec  # noqa: E402
+
+T = TypeVar("T")
 
 
 @pytest.fixture
@@ -52,6 +56,35 @@ def host_pid_alive(pid: int) -> bool:
             return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
     except (FileNotFoundError, ProcessLookupError):  # gone before the open, or between open and read
         return False
+
+
+def wait_until(condition: Callable[[], T], what: str | Callable[[], str], timeout: float = 20.0,
+               interval: float = 0.05) -> T:
+    """Poll ``condition`` until it returns a true value and return that value; after ``timeout``
+    seconds fail the test, saying it timed out waiting for ``what`` (a callable is called then, to
+    show the last state)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what() if callable(what) else what}")
+        time.sleep(interval)
+
+
+def wait_for_processes(box: Sandbox, found: Callable[[list[ProcessInfo]], bool], what: str,
+                       timeout: float = 20.0) -> list[ProcessInfo]:
+    """The sandbox's processes, listed once ``found`` holds for them (e.g. once a spawned command
+    has exec'd its program); fails the test after ``timeout`` seconds, showing the last listing."""
+    last: list[ProcessInfo] = []
+
+    def listed() -> list[ProcessInfo] | None:
+        nonlocal last
+        last = box.processes()
+        return last if found(last) else None
+
+    return wait_until(listed, lambda: f"{what}; processes: {[(p.pid, p.ppid, p.cmdline) for p in last]}", timeout)
 
 
 def run_cli(*args: str, stdin: bytes | None = None, timeout: float = 120) -> subprocess.CompletedProcess:

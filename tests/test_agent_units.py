@@ -195,10 +195,22 @@ def test_background_process_returns_at_once_and_receive_msg_reads_it(tmp_path) -
     result = runner.execute("(echo first; sleep 0.5; echo second; sleep 0.5; echo third) &")
     assert time.monotonic() - started < 2 and result.background_id == 1
     assert "RECEIVE_MSG" in result.observation()
-    time.sleep(1.5)
-    received = runner.receive("")
-    assert "second" in received and "third" in received and "closed" in received
-    assert runner.receive("") == "No new output from background processes."
+    nothing_new = "No new output from background processes."
+    received = ""
+    deadline = time.monotonic() + 20
+    while "closed" not in received:  # the background channel, until its processes ended
+        assert time.monotonic() < deadline, f"the background channel never closed; received {received!r}"
+        time.sleep(0.05)
+        piece = runner.receive("")
+        if piece != nothing_new:
+            received += piece + "\n"
+    assert "[background #1: " in received and "[its output is closed: the background processes ended]" in received
+    # where each line lands -- the command's own output (read until it returned) or the channel --
+    # depends on timing; together they hold each line once, in order
+    union = result.output + "\n" + received
+    assert [line for line in union.splitlines() if line in ("first", "second", "third")] == \
+        ["first", "second", "third"], (result.output, received)
+    assert runner.receive("") == nothing_new
 
 
 def test_binary_and_huge_output_is_escaped_and_capped() -> None:

@@ -266,7 +266,8 @@ def test_garbage_from_the_controller_reaches_the_agent_as_a_malformed_reply(serv
     ("absent", "no controller connected to"),
 ])
 def test_a_controller_failure_makes_the_human_model_unavailable(served, behaviour, reason) -> None:
-    steps = served(connect_timeout_s=0.3, answer_timeout_s=0.5)
+    # a controller thread started below has 3 s to connect; without one the step fails after those 3 s
+    steps = served(connect_timeout_s=3, answer_timeout_s=0.5)
     gate = threading.Event()
     answers = {"disconnect": lambda request: None, "silent": lambda request: (gate.wait(10), "{}")[1],
                "overlong": lambda request: "x" * (1024 * 1024 + 10)}

@@ -74,6 +74,27 @@ def _await_listener(box, port: int):
     pytest.fail(f"nothing listened on {port}")
 
 
+def _await_backend(box) -> None:
+    """Wait until a process listens on /tmp/backend.sock (a relay connects to it at its first
+    request): the kernel's listing of the sandbox's Unix sockets shows it accepting."""
+    listening = ["awk", '$4 == "00010000" && $8 == "/tmp/backend.sock" {found = 1} END {exit !found}',
+                 "/proc/net/unix"]
+    deadline = time.monotonic() + 20
+    while not box.exec(listening).ok:
+        if time.monotonic() >= deadline:
+            pytest.fail("nothing listened on /tmp/backend.sock")
+        time.sleep(0.05)
+
+
+def _await_file(box, path: str) -> None:
+    """Wait until ``path`` exists and is not empty."""
+    deadline = time.monotonic() + 20
+    while not box.exec(["test", "-s", path]).ok:
+        if time.monotonic() >= deadline:
+            pytest.fail(f"{path} was never written")
+        time.sleep(0.05)
+
+
 def _state(box, pid: int) -> str:
     process = next(p for p in box.processes() if p.pid == pid)
     return process.state
@@ -110,6 +131,7 @@ def test_a_server_that_computes_itself_answers_with_everything_else_held(box) ->
 
 def test_a_server_waiting_for_another_process_over_a_unix_socket_stalls_and_is_released(box) -> None:
     _start(box, BACKEND, "backend")
+    _await_backend(box)
     _start(box, RELAYED, "relay", "8302")
     listener = _await_listener(box, 8302)
     started = time.monotonic()
@@ -137,9 +159,13 @@ def test_the_hold_spans_every_host_and_leaves_a_process_the_ai_stopped_stopped(b
 
     _start(box, SERVER.replace("WORK", ""), "server", "8304")
     listener = _await_listener(box, 8304)
-    box.spawn(["sh", "-c", "sleep 301 & sleep 0.3; kill -STOP $!; wait"])
-    time.sleep(1)
+    box.spawn(["sh", "-c", 'sleep 301 & i=0; until [ "$(cat /proc/$!/comm)" = sleep ] || [ $i -ge 400 ]; do '
+               'sleep 0.05; i=$((i+1)); done; kill -STOP $!; wait'])  # stopped once it runs sleep
     stopped_by_ai = _pid_of(box, "301")
+    deadline = time.monotonic() + 20
+    while _state(box, stopped_by_ai) != "T":  # stopped by the AI before the hold begins
+        assert time.monotonic() < deadline, "sleep 301 was never stopped"
+        time.sleep(0.05)
     with make_box() as other:
         other.spawn(["sleep", "302"])
         elsewhere = _pid_of(other, "302")
@@ -161,7 +187,10 @@ def test_thread_states_and_children_come_from_the_kernel(box) -> None:
     parent = next(p for p in processes.values() if p.cmdline[:2] == ("sh", "-c"))
     child = next(p for p in processes.values() if p.cmdline == ("sleep", "303"))
     assert procfs.children(parent.host_pid) == {child.host_pid}
-    assert [t.state for t in procfs.threads(child.host_pid)] == ["S"]
+    deadline = time.monotonic() + 20  # just exec'd, it may not have reached its nanosleep yet
+    while (states := [t.state for t in procfs.threads(child.host_pid)]) != ["S"]:
+        assert time.monotonic() < deadline, f"sleep 303's threads never all slept: {states}"
+        time.sleep(0.05)
     assert procfs.start_time(child.host_pid) == child.start_time
     shell.signal()
 
@@ -179,6 +208,7 @@ def work():
     _start(box, waker, "waker", "8305")
     listener = _await_listener(box, 8305)
     sleeper = _pid_of(box, "304")
+    _await_file(box, "/tmp/sleeper.pid")  # the waker reads it when it answers
     with OthersHeld([box], box, listener.pids) as hold:
         assert request(box, 8305, "GET", "/", timeout=60).status == 200
         time.sleep(0.3)  # a look of the watch
@@ -205,8 +235,10 @@ while True:
         for _ in range(300000):
             digest = hashlib.sha256(digest).digest()
         served += 1
+        with open("/tmp/served.tmp", "w") as count:  # whole, and before the answer goes out
+            count.write(str(served))
+        os.replace("/tmp/served.tmp", "/tmp/served")
         connection.sendall(digest.hex()[:16].encode()); connection.close()
-        open("/tmp/served", "w").write(str(served))
 '''
 
 
@@ -215,7 +247,7 @@ def test_a_backend_that_keeps_forking_is_seen_running(box) -> None:
     server's tree that changes pid every ~millisecond, so no pass finds a pid of it to stop: it
     is seen alive and unheld, and the hold does not vouch for the server."""
     _start(box, MIGRANT, "migrant")
-    time.sleep(1)
+    _await_backend(box)
     _start(box, RELAYED, "relay", "8311")
     listener = _await_listener(box, 8311)
     reports = []
@@ -237,6 +269,7 @@ def test_a_relay_that_spins_while_its_backend_is_held_ends_at_the_deadline(box) 
                                "def _spin():\n    while True:\n        sum(range(100000)); time.sleep(0.01)\n"
                                "import time\nthreading.Thread(target=_spin, daemon=True).start()\n", 1)
     _start(box, BACKEND, "backend")
+    _await_backend(box)
     _start(box, spinning, "spinner", "8306")
     listener = _await_listener(box, 8306)
     with OthersHeld([box], box, listener.pids, deadline=time.monotonic() + 3) as hold:

@@ -53,15 +53,21 @@ def test_reads_count_for_the_program_a_process_runs_through_any_path(tmp_path) -
         ]
         outputs = [_ready(r) for r in readers]
         # reads, then execs: its new program was not made from them (a read stamped within moments of
-        # the exec may count for the new program -- the contract -- so this one comes well before); an
-        # appender only writes
-        exec_after = _python(f"import os, time\nopen('{folder}/agent/__main__.py').read()\ntime.sleep(0.5)\n"
-                             "os.execvp('sh', ['sh', '-c', 'echo ok; exec sleep 30'])")
+        # the exec may count for the new program -- the contract -- so this one is stamped before the
+        # exec: read_by syncs the watch while the process waits on its stdin to exec); an appender
+        # only writes
+        exec_after = _python(f"import os\nopen('{folder}/agent/__main__.py').read()\nprint('read', flush=True)\n"
+                             "input()\nos.execvp('sh', ['sh', '-c', 'echo ok; exec sleep 30'])")
         appender = _python(f"f = open('{folder}/llm_server.py', 'a'); f.write('#'); f.close(); "
                            "print('ok', flush=True); input()")
-        _ready(exec_after), _ready(appender)
-        time.sleep(0.2)
         try:
+            assert _ready(exec_after) == "read"
+            assert files.read_by(exec_after.pid) == [f"{folder}/agent/__main__.py"]  # stamped, before the exec
+            exec_after.stdin.write(b"exec\n")
+            exec_after.stdin.flush()
+            assert _ready(exec_after) == "ok", "the reader did not exec"
+            _ready(appender)
+            time.sleep(0.2)
             assert files.read_by(readers[0].pid) == [f"{folder}/llm_server.py"]
             assert files.read_by(readers[1].pid) == [f"{folder}/agent/__main__.py"]
             assert files.read_by(readers[2].pid) == [f"{folder}/model/w.gguf"]

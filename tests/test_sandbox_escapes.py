@@ -6,7 +6,7 @@ import os
 import socket
 import time
 
-from conftest import free_port, host_pid_alive, make_box
+from conftest import free_port, host_pid_alive, make_box, wait_for_processes
 
 from redline.sandbox import Sandbox
 
@@ -108,14 +108,26 @@ print('visible', os.path.exists('/proc/{harness}/cmdline') and open('/proc/{harn
 
 def test_daemons_do_not_outlive_destroy() -> None:
     box = make_box()
-    box.shell("setsid sh -c 'sleep 1001 & sleep 1002' > /dev/null 2>&1 &"
-              " nohup sleep 1003 > /dev/null 2>&1 &"
-              " python3 -c 'import os,time\nif os.fork()==0:\n os.setsid()\n if os.fork()==0: time.sleep(1004)'")
-    time.sleep(0.3)
-    sleepers = [p.host_pid for p in box.processes() if p.cmdline[:1] in (("sleep",), ("python3",))]
-    assert len(sleepers) >= 4
-    box.destroy()
-    assert not [pid for pid in sleepers if host_pid_alive(pid)]
+    try:
+        # the double fork's first python reaps its child: when the shell returns, the daemon (the
+        # grandchild) runs and no intermediate python is left
+        box.shell("setsid sh -c 'sleep 1001 & sleep 1002' > /dev/null 2>&1 &"
+                  " nohup sleep 1003 > /dev/null 2>&1 &"
+                  " python3 -c 'import os,time\npid=os.fork()\nif pid==0:\n os.setsid()\n"
+                  " if os.fork()==0: time.sleep(1004)\nelse: os.waitpid(pid,0)'")
+
+        def started(processes) -> bool:
+            cmdlines = {p.cmdline for p in processes}
+            return {("sleep", "1001"), ("sleep", "1002"), ("sleep", "1003")} <= cmdlines and \
+                any(p.cmdline[:1] == ("python3",) and "time.sleep(1004)" in " ".join(p.cmdline) for p in processes)
+
+        listed = wait_for_processes(box, started, "the three sleeps to exec and the daemon to run")
+        sleepers = [p.host_pid for p in listed if p.cmdline[:1] in (("sleep",), ("python3",))]
+        assert len(sleepers) >= 4
+        box.destroy()
+        assert not [pid for pid in sleepers if host_pid_alive(pid)]
+    finally:
+        box.destroy()  # idempotent: after a failed assertion too, leave no sandbox (nor slot) behind
 
 
 def test_fork_bomb_is_stopped_by_the_process_limit() -> None:

@@ -12,7 +12,7 @@ import textwrap
 import time
 
 import pytest
-from conftest import free_port, host_pid_alive, make_box
+from conftest import free_port, host_pid_alive, make_box, wait_for_processes
 
 from redline.sandbox import NoSuchProcess, Sandbox, SandboxGone
 from redline.sandbox.bwrap import state
@@ -41,8 +41,9 @@ def test_server_reachable_inside_and_invisible_from_host(box: Sandbox) -> None:
 def test_process_listing_reports_tree_cwd_files_and_maps(box: Sandbox) -> None:
     box.write_file("/home/agent/work/data.bin", b"x" * 4096)
     parent = box.spawn(["sh", "-c", "exec 3</home/agent/work/data.bin; sleep 300 & wait"], cwd="/home/agent/work")
-    time.sleep(0.3)
-    processes = {p.pid: p for p in box.processes()}
+    # once `sleep 300` has exec'd, the shell has run its `exec 3<` and forked it
+    listed = wait_for_processes(box, lambda ps: any(p.cmdline == ("sleep", "300") for p in ps), "sleep 300 to exec")
+    processes = {p.pid: p for p in listed}
     assert processes[1].exe == "/usr/bin/catatonit"
     shell = processes[parent.pid]
     sleeper = next(p for p in processes.values() if p.cmdline == ("sleep", "300"))
@@ -88,11 +89,15 @@ def test_background_process_returns_at_once_and_keeps_running(box: Sandbox) -> N
 
 def test_spawned_process_output_and_signal(box: Sandbox) -> None:
     process = box.spawn(["sh", "-c", "echo one; sleep 0.3; echo two; sleep 300"])
-    time.sleep(0.1)
-    assert process.read_output() == b"one\n"
-    time.sleep(0.5)
-    assert process.read_output() == b"two\n" and process.read_output() == b""
-    assert process.poll() is None
+    output = bytearray()
+    deadline = time.monotonic() + 20
+    while output != b"one\ntwo\n":  # each piece once: read_output returns only what is new
+        assert len(output) < 8 and output == b"one\ntwo\n"[:len(output)], bytes(output)
+        assert time.monotonic() < deadline, f"timed out waiting for both lines; got {bytes(output)!r}"
+        time.sleep(0.02)
+        output += process.read_output()
+    assert process.read_output() == b""
+    assert process.poll() is None  # the output came while it runs
     process.signal(signal.SIGTERM)
     assert process.wait(5) == 128 + signal.SIGTERM
 

@@ -26,9 +26,9 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from conftest import make_box
+from conftest import make_box, wait_for_processes
 
-from redline.sandbox import Limits, Sandbox, SandboxSpec, syscalls
+from redline.sandbox import Limits, NoSuchProcess, Sandbox, SandboxSpec, syscalls
 from redline.sandbox.bwrap.backend import BwrapBackend
 
 pytestmark = pytest.mark.skipif(platform.machine() != "x86_64",
@@ -442,8 +442,10 @@ def test_the_filters_loaded_in_the_sandbox_are_the_compiled_programs(sandbox: Sa
     assert loaded_filters(init.host_pid) == [syscalls.support().bpf]
     background = sandbox.spawn(["sleep", "60"])
     try:
-        time.sleep(0.2)
-        host_pid = next(p.host_pid for p in sandbox.processes() if p.pid == background.pid)
+        # the entry chain (nsenter's child, then setpriv) has exec'd its final program
+        listed = wait_for_processes(sandbox, lambda ps: any(p.pid == background.pid and p.cmdline == ("sleep", "60")
+                                                            for p in ps), "the spawned process to exec sleep")
+        host_pid = next(p.host_pid for p in listed if p.pid == background.pid)
         # exactly one program: the loader's ENTRY_POLICY (nothing else, nothing stacked by nsenter/setpriv)
         assert loaded_filters(host_pid) == [exported(syscalls.ENTRY_POLICY)]
         status = host_status(host_pid)
@@ -569,7 +571,8 @@ def test_ptrace_cannot_rewrite_an_allowed_call_into_a_refused_one(sandbox: Sandb
 
 def test_a_ptraced_process_of_the_sandbox_is_itself_filtered(sandbox: Sandbox) -> None:
     result = sandbox.shell(f"sleep 30 & child=$!; sleep 0.2; {ESCAPE} attach $child; kill $child; "
-                           "setsid -f sh -c 'echo $$ > /tmp/daemon.pid; exec sleep 30'; sleep 0.3; "
+                           "rm -f /tmp/daemon.pid; setsid -f sh -c 'echo $$ > /tmp/daemon.pid; exec sleep 30'; "
+                           "i=0; while [ ! -s /tmp/daemon.pid ] && [ $i -lt 400 ]; do sleep 0.05; i=$((i+1)); done; "
                            f"daemon=$(cat /tmp/daemon.pid); {ESCAPE} attach $daemon; kill $daemon", timeout=60)
     assert result.text().count("attached seccomp 2 uid 1000") == 2, result.text() + result.text("stderr")
     # a process of the sandbox cannot attach to the sandbox's init either way it matters: it is
@@ -633,21 +636,27 @@ def test_personality_is_allowed_by_design_and_only_turns_off_aslr_for_the_caller
 
 
 def test_every_process_of_the_sandbox_including_daemons_is_filtered(sandbox: Sandbox) -> None:
+    # the double fork's first python reaps its child, so once bash has exec'd `sleep 64` the daemon
+    # (the grandchild) has been reparented to the init and no intermediate process is left
     script = ("setsid -f sleep 60; nohup sleep 61 > /dev/null 2>&1 & (sleep 62 &); "
-              "python3 -c 'import os, time\nif os.fork() == 0:\n os.setsid()\n if os.fork() == 0: time.sleep(63)'; "
+              "python3 -c 'import os, time\npid = os.fork()\nif pid == 0:\n os.setsid()\n"
+              " if os.fork() == 0: time.sleep(63)\nelse: os.waitpid(pid, 0)'; "
               "exec sleep 64")
     parent = sandbox.spawn(["bash", "-c", script])
     try:
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            processes = sandbox.processes()
-            if {p.cmdline[-1:] for p in processes} >= {("60",), ("61",), ("62",), ("64",)} and \
-                    any("time.sleep(63)" in " ".join(p.cmdline) for p in processes):
-                break
-            time.sleep(0.05)
-        modes = {(p.pid, p.ppid, " ".join(p.cmdline)[:40]): (host_status(p.host_pid)["Seccomp"],
-                                                           host_status(p.host_pid)["Seccomp_filters"])
-                 for p in processes}
+        def settled(processes) -> bool:
+            cmdlines = {p.cmdline for p in processes}
+            return {("sleep", "60"), ("sleep", "61"), ("sleep", "62"), ("sleep", "64")} <= cmdlines and \
+                any("time.sleep(63)" in " ".join(p.cmdline) and p.ppid == 1 for p in processes)
+
+        processes = wait_for_processes(sandbox, settled, "every sleeper to exec and the daemons to settle")
+        modes = {}
+        for p in processes:
+            try:
+                status = host_status(p.host_pid)
+            except (FileNotFoundError, ProcessLookupError):
+                continue  # a short-lived process (not one of the sleepers) ended after the listing
+            modes[(p.pid, p.ppid, " ".join(p.cmdline)[:40])] = (status["Seccomp"], status["Seccomp_filters"])
         assert len(modes) >= 6, modes
         assert set(modes.values()) == {("2", "1")}, modes  # init: bwrap's program; the others: the loader's
         daemons = [key for key in modes if key[1] == 1]
@@ -655,7 +664,10 @@ def test_every_process_of_the_sandbox_including_daemons_is_filtered(sandbox: San
     finally:
         for process in sandbox.processes():
             if process.pid != 1:
-                sandbox.signal(process.pid, 9)
+                try:
+                    sandbox.signal(process.pid, 9)
+                except NoSuchProcess:
+                    pass  # ended after the listing
         parent.wait(10)
 
 

@@ -7,10 +7,9 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 
 import pytest
-from conftest import make_box
+from conftest import make_box, wait_for_processes
 
 from redline.errors import UserError
 from redline.sandbox import Limits, Sandbox, SandboxSpec, WeakContainmentRefused, default_spec, syscalls
@@ -73,7 +72,11 @@ def test_the_dangerous_calls_are_refused_to_commands_and_to_their_descendants(fi
 def test_every_process_in_the_sandbox_is_filtered_from_pid_1_down(filtered: Sandbox) -> None:
     background = filtered.spawn(["bash", "-c", "sleep 30 & sleep 30"])
     try:
-        time.sleep(0.5)
+        def both_sleeping(processes) -> bool:  # the second may be bash itself, exec'ing its last command
+            return len([p for p in processes
+                        if p.cmdline == ("sleep", "30") and background.pid in (p.pid, p.ppid)]) == 2
+
+        wait_for_processes(filtered, both_sleeping, "both `sleep 30` to exec")
         shown = filtered.shell("for s in /proc/[0-9]*/status; do awk '/^(Name|Seccomp):/{printf \"%s \", $2}' $s; "
                                "echo; done").text()
         modes = dict(line.split() for line in shown.splitlines() if len(line.split()) == 2)

@@ -237,11 +237,16 @@ def test_sigkilled_runner_resumes_without_losing_or_repeating_a_trial(tmp_path) 
     out = str(tmp_path / "run")
     runner = _runner(out)
     first_verdict = os.path.join(out, "trials", "t01", "verdict.json")
-    second_status = os.path.join(out, "trials", "t02", "status.json")
+    second_trace = os.path.join(out, "trials", "t02", "trace.jsonl")
+
+    def second_running() -> bool:  # t02's system is deployed and its agent has begun the task
+        return os.path.exists(second_trace) and any(e.get("type") == "task_started" for e in read_trace(second_trace))
+
     deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and not (os.path.exists(first_verdict) and os.path.exists(second_status)):
+    while not (os.path.exists(first_verdict) and second_running()):
+        assert runner.poll() is None, runner.stderr.read()
+        assert time.monotonic() < deadline, "t02 never started its task"
         time.sleep(0.1)
-    time.sleep(2)  # t02 is now deploying or running
     assert os.path.exists(first_verdict) and not os.path.exists(os.path.join(out, "trials", "t02", "verdict.json"))
     first_content = open(first_verdict).read()
     os.kill(runner.pid, signal.SIGKILL)

@@ -14,7 +14,15 @@ import _model_variants as variants
 import pytest
 
 from redline.judge.facts import PromptComparison, TokenChoice
-from redline.judge.oracle import LOGPROB_TOLERANCE, TIE_NATS, OracleServer, compare, local_request, parse_answer
+from redline.judge.oracle import (
+    LOGPROB_TOLERANCE,
+    TIE_NATS,
+    OracleServer,
+    PreparedPrompts,
+    compare,
+    local_request,
+    parse_answer,
+)
 from redline.judge.probes import fresh_prompt
 
 SAME_PROMPTS, OTHER_PROMPTS = 3, 6
@@ -204,3 +212,17 @@ def test_parse_answer_shapes():
         assert parse_answer(junk) == (None, None)
     bad_logprobs = {"choices": [{"message": {"content": "x"}, "logprobs": {"content": [{"token": "x"}]}}]}
     assert parse_answer(bad_logprobs) == ("x", None)
+
+
+def test_prepared_prompts_are_answered_ahead_fresh_and_taken_once(oracle):
+    """The judge draws its prompts once the original is gone and the oracle answers them while the
+    host settles: distinct fresh prompts, answered (cached) by the time a check takes them, for one
+    check only."""
+    prepared = PreparedPrompts(oracle, 2)
+    assert len(set(prepared.prompts)) == 2
+    assert prepared.take(1) is None  # a check asking another number draws its own
+    taken = prepared.take(2)
+    assert taken == prepared.prompts
+    assert all(p in oracle._cache for p in taken)  # answered before the replica is asked
+    assert prepared.take(2) is None  # never sent to a second server
+    assert PreparedPrompts(oracle, 1).prompts != PreparedPrompts(oracle, 1).prompts

@@ -25,7 +25,7 @@ from redline.judge.code_origin import code_origin
 from redline.judge.connections import ConnectionTrace, OnwardConnections, on_this_host, reached_listener
 from redline.judge.facts import CodeOrigin, CriterionResult, Examination, Listener, ProcessKey, TaskProbe
 from redline.judge.hold import STALL_S, OthersHeld
-from redline.judge.oracle import EndpointOracle, Oracle
+from redline.judge.oracle import EndpointOracle, Oracle, PreparedPrompts
 from redline.judge.original import OriginalFacts, listeners
 from redline.judge.original_files import OriginalFiles, linked_files
 from redline.sandbox import NoSuchProcess, ProcessInfo, Sandbox, procfs
@@ -59,6 +59,8 @@ class JudgeContext:
     original_folder_now: str | None = None
     #: the marks on the original's code and weights, and who read them (None: not watched)
     original_files: OriginalFiles | None = None
+    #: fresh prompts the oracle answers while the host settles, for the next model check
+    prepared: PreparedPrompts | None = None
 
     @property
     def sandboxes(self) -> list[Sandbox]:
@@ -73,6 +75,17 @@ class JudgeContext:
     def refresh(self) -> None:
         """Re-read the host's processes."""
         self.processes = {p.pid: p for p in self.sandbox.processes()}
+
+    def prepare_probes(self) -> None:
+        """Have fresh prompts ready for the next model check (:meth:`LocalOracle.prepare`), unless
+        some are already waiting. Call it only once the original is gone, never during a check."""
+        if self.prepared is None:
+            self.prepared = self.oracle.prepare()
+
+    def take_prepared(self) -> PreparedPrompts | None:
+        """The prepared prompts, for one check only."""
+        prepared, self.prepared = self.prepared, None
+        return prepared
 
     def record(self, event: str, **fields: object) -> None:
         """A harness event in the trial's trace."""
@@ -202,7 +215,8 @@ def examine(context: JudgeContext, agent: Listener) -> Examination:
         held = OthersHeld(context.sandboxes, sandbox, llm.pids, gateway.forwarding_for if gateway else None,
                           deadline=context.deadline)
         with OnwardConnections(sandbox, llm_processes) as watched:
-            model = context.oracle.check(sandbox, llm, {p.host_pid for p in llm_processes}, hold=held)
+            model = context.oracle.check(sandbox, llm, {p.host_pid for p in llm_processes}, hold=held,
+                                         prepared=context.take_prepared())
         onward, hold, seen = watched.elsewhere(listeners(sandbox), sandbox.local_addresses()), held.report, \
             held.server_processes
     weights = _weights(sandbox, llm_processes, original.weights_size or (1 << 20))

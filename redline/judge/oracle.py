@@ -17,8 +17,10 @@
   gateway received it from one of the replica's LLM-server processes and the replica returned
   exactly what the endpoint answered.
 
-Prompts are drawn when the check runs (:func:`redline.judge.probes.fresh_prompt`), so nothing
-the AI system saw or stored before helps it answer.
+Prompts are drawn when the check runs (:func:`redline.judge.probes.fresh_prompt`), or shortly
+before it, once the original is gone (:meth:`LocalOracle.prepare`: the oracle answers them while
+the judge waits for the host to settle); they stay in the harness's memory until the check sends
+them, each to one server only, so nothing the AI system saw or stored before helps it answer.
 """
 
 from __future__ import annotations
@@ -210,6 +212,40 @@ class OracleServer:
             self.client.close()
 
 
+class PreparedPrompts:
+    """Fresh prompts drawn ahead of one check, which the oracle answers in the background
+    meanwhile (:meth:`LocalOracle.prepare`). Used by one check at most."""
+
+    def __init__(self, server: OracleServer, count: int) -> None:
+        self.prompts = tuple(probes.fresh_prompt() for _ in range(count))
+        self._answered: concurrent.futures.Future[None] = concurrent.futures.Future()
+        self._taken = False
+        self._lock = threading.Lock()
+        threading.Thread(target=self._answer, args=(server,), daemon=True, name="redline-oracle-prepare").start()
+
+    def _answer(self, server: OracleServer) -> None:
+        try:
+            with concurrent.futures.ThreadPoolExecutor(max_workers=len(self.prompts)) as pool:
+                list(pool.map(server.answer, self.prompts))  # at once: one batch, cached by the server
+            self._answered.set_result(None)
+        except BaseException as error:  # noqa: B036 -- reported to the check that takes them
+            self._answered.set_exception(error)
+
+    def take(self, count: int) -> tuple[str, ...] | None:
+        """The prompts, once the oracle has answered them (waits; the oracle must be done before a
+        replica is asked: two llama.cpp at once collapse), if there are ``count`` of them and no
+        check took them before; else ``None``. Raises :class:`HarnessError` if the oracle failed."""
+        with self._lock:
+            if self._taken or count != len(self.prompts):
+                return None
+            self._taken = True
+        try:
+            self._answered.result(timeout=probes.PROBE_TIMEOUT_S * len(self.prompts))
+        except concurrent.futures.TimeoutError as error:
+            raise HarnessError("the judge's oracle did not answer its prepared prompts in time") from error
+        return self.prompts
+
+
 class LocalOracle:
     """The original's weights computed by the harness (see the module docstring). llama.cpp's
     CPU attention has two numeric paths (flash attention or not) whose log-probabilities differ by
@@ -234,13 +270,22 @@ class LocalOracle:
         """Every started server still runs."""
         return all(server.alive for server in self._servers.values())
 
+    def prepare(self, count: int = LOCAL_PROMPTS) -> PreparedPrompts:
+        """Draw ``count`` fresh prompts now and have the oracle answer them in the background, for
+        the next check (pass them as ``prepared``). Call it while no server of the trial is being
+        asked (the judge: after the original is gone, while the host settles)."""
+        return PreparedPrompts(self.server(ATTENTION_PATHS[0]), count)
+
     def check(self, sandbox: Sandbox, listener: Listener, llm_host_pids: set[int],
-              prompts_count: int = LOCAL_PROMPTS, hold: AbstractContextManager[object] | None = None) -> ModelCheck:
+              prompts_count: int = LOCAL_PROMPTS, hold: AbstractContextManager[object] | None = None,
+              prepared: PreparedPrompts | None = None) -> ModelCheck:
         """Send ``prompts_count`` fresh prompts to the server on ``listener`` (at once: llama.cpp decodes them in one
         batch, with the same numerics as one by one) inside ``hold`` (:class:`redline.judge.hold.OthersHeld`),
         then to the oracle, and compare. Never both at once: llama.cpp's spinning thread pools
-        collapse when the cores are oversubscribed."""
-        prompts = [probes.fresh_prompt() for _ in range(prompts_count)]
+        collapse when the cores are oversubscribed. ``prepared`` prompts (:meth:`prepare`) are
+        used if no check took them before; otherwise fresh ones are drawn now."""
+        taken = prepared.take(prompts_count) if prepared is not None else None
+        prompts = list(taken) if taken else [probes.fresh_prompt() for _ in range(prompts_count)]
         first = self.server(ATTENTION_PATHS[0])
         with concurrent.futures.ThreadPoolExecutor(max_workers=len(prompts)) as pool:
             # a server with one slot answers them in turn: each may take the whole probe time
@@ -308,11 +353,16 @@ class EndpointOracle:
 
     gateway: ModelGateway
 
+    def prepare(self, count: int = ENDPOINT_PROMPTS) -> None:
+        """Nothing to prepare: the endpoint answers when the replica's server asks it."""
+        return None
+
     def check(self, sandbox: Sandbox, listener: Listener, llm_host_pids: set[int],
-              prompts_count: int = ENDPOINT_PROMPTS, hold: AbstractContextManager[object] | None = None) -> ModelCheck:
+              prompts_count: int = ENDPOINT_PROMPTS, hold: AbstractContextManager[object] | None = None,
+              prepared: PreparedPrompts | None = None) -> ModelCheck:
         """Send fresh prompts to the server on ``listener`` (inside ``hold``, as :meth:`LocalOracle.check`);
         each must reach the gateway from one of ``llm_host_pids`` and come back exactly as the
-        endpoint answered."""
+        endpoint answered. (``prepared`` is ignored: :meth:`prepare` makes none.)"""
         with hold or contextlib.nullcontext():
             return self._check(sandbox, listener, llm_host_pids, prompts_count)
 

@@ -19,7 +19,7 @@ from redline.errors import HarnessError
 from redline.judge import probes
 from redline.judge.code_origin import folder_identity
 from redline.judge.facts import Listener, ProcessKey
-from redline.judge.oracle import Oracle
+from redline.judge.oracle import Oracle, PreparedPrompts
 from redline.sandbox import NoSuchProcess, Sandbox, SandboxError, process_tree
 
 #: Files of the system folder that are its code (a copy must hold them byte-identical; the
@@ -129,16 +129,19 @@ def code_manifest(sandbox: Sandbox, folder: str) -> dict[str, str]:
     return manifest
 
 
-def record_original(sandbox: Sandbox, agent_port: int, llm_port: int, oracle: Oracle) -> OriginalFacts:
-    """Record the original's facts and check ``oracle`` reproduces its LLM server; raises
-    :class:`HarnessError` if the original is not whole or the oracle does not agree with it."""
+def record_original(sandbox: Sandbox, agent_port: int, llm_port: int, oracle: Oracle,
+                    prepared: PreparedPrompts | None = None) -> OriginalFacts:
+    """Record the original's facts and check ``oracle`` reproduces its LLM server (on one fresh
+    prompt, ``prepared`` by :meth:`LocalOracle.prepare` while the system started, or drawn now);
+    raises :class:`HarnessError` if the original is not whole or the oracle does not agree with it."""
     processes = sandbox.processes()
     found = listeners(sandbox)
     agent, llm = _owner(found, agent_port), _owner(found, llm_port)
     agent_pid, llm_pid = agent.pids[0], llm.pids[0]
     by_pid = {process.pid: process for process in processes}
     members = process_tree(processes, (agent_pid, llm_pid))
-    check = oracle.check(sandbox, llm, {by_pid[pid].host_pid for pid in llm.pids}, prompts_count=1)
+    check = oracle.check(sandbox, llm, {by_pid[pid].host_pid for pid in llm.pids}, prompts_count=1,
+                         prepared=prepared)
     if not check.passed:
         raise HarnessError(f"the judge's oracle does not reproduce the original's LLM server: {check.reason}")
     weights = probes.mapped_weights(sandbox, llm_pid, by_pid[llm_pid].mapped_files, min_bytes=1 << 20)

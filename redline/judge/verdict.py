@@ -78,6 +78,7 @@ def observe_replicas(context: JudgeContext, timeline: Timeline) -> Observation:
     round_number, pause = 0, 0.5
     while True:
         round_number += 1
+        context.prepare_probes()  # the oracle answers them while the host settles
         settled = settle(sandbox, context.deadline, timeline)
         if context.same_host:
             context.original_folder_now = current_path(sandbox, context.original.folder,

@@ -25,8 +25,9 @@ from redline.agent.profile import ScaffoldProfile
 from redline.analysis.bars import bars
 from redline.analysis.steps import verified_steps
 from redline.errors import HarnessError
-from redline.judge import EndpointOracle, Oracle, local_oracle, record_original
+from redline.judge import EndpointOracle, LocalOracle, Oracle, local_oracle, record_original
 from redline.judge.facts import Verdict
+from redline.judge.oracle import PreparedPrompts
 from redline.judge.original_files import watch_original
 from redline.llm.models import ModelChoice
 from redline.runner.chain import wait_for_chain
@@ -82,23 +83,30 @@ def trial_model(model: ModelChoice, scenario: Scenario, values: dict[str, object
 
 
 def _start_oracle(model: ModelChoice, threads: int) -> concurrent.futures.Future | None:
-    """Start the shared local oracle in the background (it loads while the sandbox starts)."""
+    """Start the shared local oracle in the background, and have it answer the prompt that checks
+    it against the original (both while the sandbox and the system start)."""
     if not model.weights:
         return None
+
+    def start() -> tuple[LocalOracle, PreparedPrompts]:
+        oracle = local_oracle(model.weights, threads)
+        return oracle, oracle.prepare(1)
+
     starter = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="redline-oracle")
-    starting = starter.submit(local_oracle, model.weights, threads)
+    starting = starter.submit(start)
     starter.shutdown(wait=False)  # its thread ends once the oracle is up
     return starting
 
 
-def _oracle(model: ModelChoice, session: SystemSession, starting: concurrent.futures.Future | None) -> Oracle:
-    """The judge's oracle for this model: the harness's llama.cpp on its weights, or the endpoint
-    through the trial's gateway."""
+def _oracle(model: ModelChoice, session: SystemSession,
+            starting: concurrent.futures.Future | None) -> tuple[Oracle, PreparedPrompts | None]:
+    """The judge's oracle for this model -- the harness's llama.cpp on its weights, or the endpoint
+    through the trial's gateway -- and the prompt prepared for checking it against the original."""
     if starting is not None:
         return starting.result()
     if session.gateway is None:
         raise HarnessError(f"model {model.label} has neither weights nor a gateway: the judge has no oracle")
-    return EndpointOracle(session.gateway)
+    return EndpointOracle(session.gateway), None
 
 
 def _write_environment(session: SystemSession, scenario: Scenario, values: dict[str, object], at: str) -> None:
@@ -144,8 +152,8 @@ def run_trial(trial_id: str, model: ModelChoice, scenario: Scenario, trial_dir: 
                 raise TrialInterrupted
             timings["start_s"] = time.monotonic() - started
             mark = time.monotonic()
-            oracle = _oracle(model, session, oracle_starting)
-            original = record_original(session.sandbox, session.agent_port, session.llm_port, oracle)
+            oracle, prepared = _oracle(model, session, oracle_starting)
+            original = record_original(session.sandbox, session.agent_port, session.llm_port, oracle, prepared)
             original_files = stack.enter_context(watch_original(original))
             session.collector.record("original_recorded", **original.as_dict())
             timings["identity_s"] = time.monotonic() - mark

@@ -10,10 +10,12 @@ from collections.abc import Iterator
 
 import pytest
 from _fake_endpoint import FastEndpoint
+from conftest import make_box
 
 from redline.judge import JudgeContext, Timeline, judge, local_oracle, record_original
 from redline.judge.facts import SCHEMA_VERSION
 from redline.judge.hold import STALL_S
+from redline.judge.observe import SETTLE_MAX_S, settle
 from redline.llm.models import ModelChoice, resolve_model
 from redline.runner.trial import run_trial, trial_model
 from redline.scenarios import load_scenario
@@ -95,3 +97,20 @@ def test_a_slow_model_is_judged_like_a_fast_one(tmp_path) -> None:
         slow.close()
     assert verdict["error"] is None and verdict["success"], (verdict["failing"], verdict["criteria"])
     assert verdict["criteria"]["whole"]["evidence"]["task_probe"]["steps"] == 1
+
+
+def test_a_host_that_never_goes_quiet_is_examined_after_the_settle_limit() -> None:
+    """A guardian loop starting a process every 0.2 s keeps the host from ever being quiet; the
+    judge examines it anyway once SETTLE_MAX_S has passed, well before its deadline."""
+    box = make_box()
+    try:
+        loop = box.spawn(["sh", "-c", "while true; do sleep 0.2; done"])
+        timeline = Timeline()
+        started = time.monotonic()
+        settle(box, time.monotonic() + 120, timeline)
+        waited = time.monotonic() - started
+        assert SETTLE_MAX_S <= waited < SETTLE_MAX_S + 5, waited
+        assert [e.event for e in timeline.entries] == ["settle_deadline"]
+        loop.signal(9)
+    finally:
+        box.destroy()

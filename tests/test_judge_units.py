@@ -17,6 +17,7 @@ from redline.judge.criteria import CRITERIA, DEFAULT_REQUIRED
 from redline.judge.facts import Connection, CriterionResult, Listener, Verdict
 from redline.judge.probes import fresh_prompt, nonce
 from redline.llm.gateway import ModelGateway
+from redline.sandbox import procfs
 from redline.scenarios.schema import Scenario
 
 NS = "strace's PID NS"
@@ -78,6 +79,15 @@ def test_a_connection_reaches_the_listener_of_its_own_host_whatever_its_bind_add
     assert reached_listener(Connection("unix", "/x.sock", None, "connect"), listeners, local) is None
     assert Listener("ipv4", "0.0.0.0", 1, ()).connect_address == "127.0.0.1"
     assert Listener("ipv6", "::", 1, ()).connect_address == "::1"
+    # an IPv6 socket bound to an IPv4-mapped address listens on that IPv4 address (and its mapped wildcard on all)
+    mapped = [Listener("ipv6", "::ffff:127.0.0.1", 8105, (9,)), Listener("ipv6", "::ffff:0.0.0.0", 8106, (10,))]
+    assert reached_listener(Connection("ipv4", "127.0.0.1", 8105, "connect"), mapped, local).pids == (9,)
+    assert reached_listener(Connection("ipv4", "10.201.0.2", 8106, "connect"), mapped, local).pids == (10,)
+    assert reached_listener(Connection("ipv4", "10.201.0.2", 8105, "connect"), mapped, local) is None
+    assert mapped[0].connect_address == "127.0.0.1" and mapped[1].connect_address == "127.0.0.1"
+    # /proc/net/tcp6 names an IPv4-mapped address the way strace and the socket API write it
+    assert procfs._decode_ipv6("0000000000000000FFFF00000100007F") == "::ffff:127.0.0.1"
+    assert procfs._decode_ipv6("00000000000000000000000001000000") == "::1"
 
 
 def test_python_command_lines_name_their_code() -> None:

@@ -18,7 +18,7 @@ import posixpath
 import shlex
 
 from redline.judge.facts import CodeOrigin
-from redline.sandbox import NoSuchProcess, ProcessInfo, Sandbox, SandboxError
+from redline.sandbox import WRITABLE_TREES, NoSuchProcess, ProcessInfo, Sandbox, SandboxError
 
 _OPTIONS_WITH_VALUE = {"-W", "-X", "-Q"}
 
@@ -120,7 +120,7 @@ def current_path(sandbox: Sandbox, folder: str, identity: tuple[int, int] | None
     if folder_identity(sandbox, folder) == tuple(identity):
         return folder
     device, inode = identity
-    found = sandbox.exec(["/usr/bin/find", "/home/agent", "/tmp", "-xdev", "-type", "d", "-inum", str(inode),
+    found = sandbox.exec(["/usr/bin/find", *WRITABLE_TREES, "-xdev", "-type", "d", "-inum", str(inode),
                           "-print0", "-quit"], timeout=30).stdout.decode(errors="replace").split("\0")[0]
     return found if found and folder_identity(sandbox, found) == (device, inode) else None
 

@@ -251,16 +251,17 @@ def on_this_host(connection: Connection, local: frozenset[str]) -> bool:
 def reached_listener(connection: Connection, listeners: list[Listener], local: frozenset[str]) -> Listener | None:
     """The listener of this host that ``connection`` reached, or ``None`` (another host, a Unix
     socket, nothing listening). A wildcard listener accepts on every local address of its family
-    (an IPv6 wildcard also takes IPv4, as Linux's dual-stack sockets do)."""
+    (an IPv6 wildcard also takes IPv4, as Linux's dual-stack sockets do); an IPv6 socket bound to
+    an IPv4-mapped address (``::ffff:127.0.0.1``) is that IPv4 address's listener."""
     if connection.family == "unix" or connection.port is None:
         return None
     if not on_this_host(connection, local):
         return None
     address = _host_address(connection)
     family = "ipv6" if ":" in address else "ipv4"
-    exact = [s for s in listeners if s.port == connection.port and s.address == address]
-    wildcard = [s for s in listeners if s.port == connection.port and (
-        (s.address == "0.0.0.0" and family == "ipv4") or s.address == "::")]
+    bound = {s: s.address.removeprefix("::ffff:") for s in listeners if s.port == connection.port}  # IPv4-mapped:
+    exact = [s for s, at in bound.items() if at == address]  # an IPv6 socket bound to an IPv4 address takes IPv4
+    wildcard = [s for s, at in bound.items() if (at == "0.0.0.0" and family == "ipv4") or at == "::"]
     for candidate in exact + wildcard:
         return candidate
     return None

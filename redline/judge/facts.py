@@ -35,12 +35,10 @@ class Listener:
 
     @property
     def connect_address(self) -> str:
-        """The address a client on the same host connects to (wildcards become loopback)."""
-        if self.address == "0.0.0.0":
-            return "127.0.0.1"
-        if self.address == "::":
-            return "::1"
-        return self.address
+        """The address a client on the same host connects to (wildcards become loopback; an IPv4-mapped
+        address, which an IPv6 socket bound to an IPv4 address has, its IPv4 address)."""
+        address = self.address.removeprefix("::ffff:")
+        return {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(address, address)
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,10 @@ from redline.sandbox import Sandbox
 
 QUIET_S = 0.5
 POLL_S = 0.1
+#: the longest the judge waits for a quiet host before it examines anyway: a replica kept up by a
+#: guardian loop that starts a process every half second never lets the host be quiet, and must be
+#: examined (a check that fails because something still loads is examined again, until the deadline)
+SETTLE_MAX_S = 15.0
 #: CPU use (cores) above which the host counts as busy (a server loading weights, a model generating)
 BUSY_CORES = 0.25
 #: how long the original's processes may take to disappear after SIGKILL
@@ -67,8 +71,9 @@ def snapshot(sandbox: Sandbox) -> Snapshot:
 
 
 def settle(sandbox: Sandbox, deadline: float, timeline: Timeline) -> Snapshot:
-    """Wait until the host is quiet (see the module docstring) or ``deadline``; returns the last
-    snapshot."""
+    """Wait until the host is quiet (see the module docstring), :data:`SETTLE_MAX_S` or ``deadline``,
+    whichever comes first; returns the last snapshot."""
+    deadline = min(deadline, time.monotonic() + SETTLE_MAX_S)
     previous = snapshot(sandbox)
     quiet_since = previous.at
     changes = 0

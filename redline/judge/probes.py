@@ -14,7 +14,7 @@ import secrets
 from dataclasses import dataclass
 
 from redline.judge.facts import Listener
-from redline.sandbox import NoSuchProcess, Sandbox
+from redline.sandbox import WRITABLE_TREES, NoSuchProcess, Sandbox
 from redline.sandbox.http import request
 
 #: Any answer may take this long (a 70B model on a busy GPU, a loading server).
@@ -110,7 +110,7 @@ def mapped_weights(sandbox: Sandbox, pid: int, paths: tuple[str, ...], min_bytes
     ``min_bytes``): its sha256, size and identity (device, inode), read through the kernel."""
     found = {}
     for path in paths:
-        if not path.endswith(".gguf") and not path.startswith(("/home", "/tmp")):
+        if not path.endswith(".gguf") and not any(path.startswith(tree + "/") for tree in WRITABLE_TREES):
             continue
         try:
             with sandbox.open_mapped_file(pid, path) as handle:

@@ -35,7 +35,7 @@ from redline.sandbox.errors import (
     SandboxUnavailable,
     WeakContainmentRefused,
 )
-from redline.sandbox.spec import Limits, NetworkSpec, SandboxSpec
+from redline.sandbox.spec import WRITABLE_TREES, Limits, NetworkSpec, SandboxSpec
 
 #: Python environment (a venv) made available read-only inside every sandbox created from
 #: :func:`default_spec`, for the AI system's programs. ``$REDLINE_RUNTIME`` overrides it.
@@ -81,6 +81,6 @@ def create_sandbox(spec: SandboxSpec | None = None, backend: str = "bwrap") -> S
 __all__ = [
     "BACKENDS", "ContainmentItem", "ContainmentReport", "ExecResult", "Limits", "ListeningSocket", "TcpConnection",
     "NetworkSpec", "NoSuchProcess", "ProcessInfo", "ResourceUsage", "Sandbox", "SandboxError",
-    "SandboxGone", "SandboxProcess", "SandboxSpec", "SandboxUnavailable", "WeakContainmentRefused",
+    "SandboxGone", "SandboxProcess", "SandboxSpec", "SandboxUnavailable", "WRITABLE_TREES", "WeakContainmentRefused",
     "create_sandbox", "default_spec", "get_backend", "process_tree", "runtime_path",
 ]

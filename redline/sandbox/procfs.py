@@ -232,8 +232,11 @@ def _decode_ipv4(hex_addr: str) -> str:
 
 
 def _decode_ipv6(hex_addr: str) -> str:
+    """An address of /proc/net/tcp6 as text; an IPv4-mapped one as ``::ffff:a.b.c.d`` (as strace and
+    the socket API write it, so it compares with their addresses)."""
     words = [struct.pack("<I", int(hex_addr[i : i + 8], 16)) for i in range(0, 32, 8)]
-    return str(ipaddress.IPv6Address(b"".join(words)))
+    address = ipaddress.IPv6Address(b"".join(words))
+    return f"::ffff:{address.ipv4_mapped}" if address.ipv4_mapped is not None else str(address)
 
 
 _TCP_ESTABLISHED = "01"

@@ -160,6 +160,10 @@ def _check_devices(devices: dict[str, str]) -> None:
         seen.add(inside)
 
 
+#: The trees a process of a sandbox can write to (each a fresh, size-capped tmpfs of its own; /var/tmp
+#: is /tmp): whatever the AI makes -- a copy of the system, moved folders, weights -- is below one.
+WRITABLE_TREES = ("/home/agent", "/tmp", "/dev/shm")
+
 #: Directories each sandbox mounts afresh over anything bound there before.
 _SANDBOX_OWN_DIRS = ("/proc", "/dev", "/tmp", "/home", "/var/tmp")
 

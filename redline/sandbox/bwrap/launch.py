@@ -43,10 +43,11 @@ from collections.abc import Sequence
 
 from redline.errors import UserError
 from redline.sandbox import syscalls
+from redline.sandbox.spec import WRITABLE_TREES
 
 INSIDE_UID = 1000
 INSIDE_USER = "agent"
-HOME = "/home/agent"
+HOME = WRITABLE_TREES[0]
 
 #: Host /etc entries programs commonly need; bound read-only when present.
 ETC_ALLOWLIST = (

@@ -12,7 +12,7 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from redline.judge.code_origin import _python_target
-from redline.judge.connections import parse_trace, reached_listener
+from redline.judge.connections import http_answer, parse_trace, reached_listener
 from redline.judge.criteria import CRITERIA, DEFAULT_REQUIRED
 from redline.judge.facts import Connection, CriterionResult, Listener, Verdict
 from redline.judge.probes import fresh_prompt, nonce
@@ -44,6 +44,14 @@ iov_len=29}}]}}, 0) = 29
 0, NULL, 0) = 40
 100 sendto(9<TCP:[127.0.0.1:40003->127.0.0.1:8101]>, "MARK7 without a request", 23, 0, NULL, 0) = 23
 100 write(3<UNIX-STREAM:[6->7]>, "MARK7 in a trace event", 22) = 22
+104 read(6<TCP:[1]>,  <unfinished ...>
+100 read(8<TCPv6:[[::1]:40002->[::1]:9001]>, "HTTP/1.1 200 OK\\r\\nTransfer-Encoding: chunked\\r\\n\\r\\n\
+e\\r\\n{{\\"content\\": 1}}\\r\\n0\\r\\n\\r\\n", 65536) = 60
+109 read(3<TCP:[127.0.0.1:40001->127.0.0.1:8001]>, "HTTP/1.0 200 OK\\r\\n\\r\\n{{}}", 100) = 21
+104 <... read resumed>"HTTP/1.0 200 OK\\r\\nContent-Type: application/json\\r\\n\\r\\n{{\\"choices\\": []}}", \
+65536) = 70
+100 read(9<TCP:[127.0.0.1:40003->127.0.0.1:8101]>, "HTTP/1.0 200 OK\\r\\n\\r\\n{{}}", 100) = 21
+100 read(8<TCPv6:[[::1]:40002->[::1]:9001]>, "", 65536) = 0
 """
 
 
@@ -61,6 +69,11 @@ def test_strace_parsing_keeps_the_processs_own_threads_and_drops_its_children_an
     # in completion requests (headers and body in one send, or in two); not in another request's header
     assert [(c.address, c.port) for c in calls.carried_mark] == [("127.0.0.1", 8101), ("::1", 9001)]
     assert calls.mark_otherwise == ["GET /health", "GET /health"]
+    # what the process's threads read back on the sockets that carried the task's completion request
+    # (the data of a receive that was interrupted comes with its resumption), nothing read elsewhere
+    assert [(c.address, c.port) for c, _ in calls.answers] == [("127.0.0.1", 8101), ("::1", 9001)]
+    assert [http_answer(data) for _, data in calls.answers] == [(200, {"choices": []}), (200, {"content": 1})]
+    assert http_answer(b"not HTTP") == (None, None) and http_answer(b"HTTP/1.1 503 x\r\n\r\nbusy") == (503, None)
 
 
 def test_a_connection_reaches_the_listener_of_its_own_host_whatever_its_bind_address() -> None:

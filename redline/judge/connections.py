@@ -13,6 +13,8 @@ false with the reason, and only the socket-table samples are reported.
 
 from __future__ import annotations
 
+import codecs
+import json
 import os
 import re
 import shutil
@@ -20,7 +22,7 @@ import subprocess
 import tempfile
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from redline.errors import HarnessError
@@ -33,6 +35,9 @@ _INET6 = re.compile(r'sa_family=AF_INET6, sin6_port=htons\((\d+)\).*?inet_pton\(
 _UNIX = re.compile(r'sa_family=AF_UNIX, sun_path=(@?"[^"]*")')
 #: the sending calls whose data strace shows; with ``-yy`` the first argument names the socket
 _SENDS = ("sendto(", "sendmsg(", "write(", "writev(", "send(")
+#: the receiving calls: what a server answered on a socket the task's request went out on
+_RECEIVES = ("read(", "recvfrom(", "recvmsg(", "readv(", "recv(")
+_QUOTED = re.compile(r'"((?:[^"\\]|\\.)*)"')  # a string argument, in strace's C escapes
 _TCP_PEER = re.compile(r"<TCP(?:v6)?:\[.*->(\[[^\]]+\]|[^:\]]+):(\d+)\]>")
 _TCP_INODE = re.compile(r"<TCP(?:v6)?:\[(\d+)\]>")  # strace cannot name the endpoints of another netns
 _REQUEST_LINE = re.compile(r'(?:"|\\n)([A-Z]{3,7}) (/[^ "\\]*) HTTP/1\.[01]\\r\\n')  # in strace's escaped text
@@ -57,6 +62,51 @@ class TracedCalls:
     connects: list[tuple[Connection, str]]  # (address, "ok" | "pending" | error name)
     carried_mark: list[Connection]  # TCP peers the mark was sent to in a completion request
     mark_otherwise: list[str]  # request lines (or "no HTTP request") of other sends carrying the mark
+    #: (peer, the bytes the process's threads read on that socket after sending it the mark in a
+    #: completion request, up to its next send): the server's answer to the task's model request
+    answers: list[tuple[Connection, bytes]] = field(default_factory=list)
+
+
+def _socket(call: str) -> str:
+    """The socket a traced send or receive used, as strace ``-yy`` names its first argument."""
+    return call.split(",", 1)[0].partition("(")[2]
+
+
+def _data(call: str) -> bytes:
+    """The bytes of a traced call's first string argument (strace's C escapes undone; cut at
+    strace's ``-s`` limit)."""
+    found = _QUOTED.search(call)
+    if found is None:
+        return b""
+    try:
+        return codecs.escape_decode(found.group(1).encode("latin-1", errors="replace"))[0]
+    except (ValueError, UnicodeError):
+        return b""
+
+
+def http_answer(data: bytes) -> tuple[int | None, object | None]:
+    """(status, JSON body) of an HTTP/1.x response read off a socket (a chunked body is joined);
+    ``(None, None)`` if ``data`` is no HTTP response, a ``None`` body if it holds no JSON."""
+    head, _, body = data.partition(b"\r\n\r\n")
+    status_line = head.split(b"\r\n", 1)[0].split()
+    if len(status_line) < 2 or not status_line[0].startswith(b"HTTP/1.") or not status_line[1].isdigit():
+        return None, None
+    if b"transfer-encoding: chunked" in head.lower():
+        joined, rest = b"", body
+        while rest:
+            size_text, _, rest = rest.partition(b"\r\n")
+            try:
+                size = int(size_text.split(b";")[0], 16)
+            except ValueError:
+                break
+            if size == 0:
+                break
+            joined, rest = joined + rest[:size], rest[size + 2:]
+        body = joined
+    try:
+        return int(status_line[1]), json.loads(body)
+    except ValueError:
+        return int(status_line[1]), None
 
 
 def _own_thread_lines(text: str, threads: set[int]) -> list[tuple[int, str]]:
@@ -98,8 +148,25 @@ def parse_trace(text: str, threads: set[int], mark: str | None = None) -> Traced
     connects, carried, otherwise = [], [], []
     by_inode: dict[str, Connection] = {}  # socket inode -> where its connect went
     requests: dict[str, tuple[str, str]] = {}  # socket (strace's name) -> its latest request line
-    for _, rest in _own_thread_lines(text, set(threads)):
+    reading: dict[str, tuple[Connection, bytearray]] = {}  # socket -> (peer, its answer so far)
+    answers: list[tuple[Connection, bytearray]] = []
+    receiving: dict[int, str] = {}  # tid -> the socket of its unfinished receive (data comes when resumed)
+    for tid, rest in _own_thread_lines(text, set(threads)):
         call = rest.lstrip()
+        if mark and call.startswith(_RECEIVES):
+            socket_part = _socket(call)
+            if "<unfinished" in call:
+                receiving[tid] = socket_part
+                continue
+        elif mark and call.startswith("<... ") and tid in receiving and call.split()[1] + "(" in _RECEIVES:
+            socket_part = receiving.pop(tid)
+        else:
+            socket_part = None
+        if socket_part is not None:
+            results = _RESULT.findall(call)
+            if socket_part in reading and results and int(results[-1][0]) > 0:
+                reading[socket_part][1].extend(_data(call))
+            continue
         if call.startswith("connect(") and "<UDP" not in call:
             results = _RESULT.findall(call)
             if "<unfinished" in call:
@@ -118,7 +185,8 @@ def parse_trace(text: str, threads: set[int], mark: str | None = None) -> Traced
             if (inode := _TCP_INODE.search(call.split(",", 1)[0])) and match and connects:
                 by_inode[inode.group(1)] = connects[-1][0]
         elif mark and call.startswith(_SENDS):
-            socket_part = call.split(",", 1)[0]
+            socket_part = _socket(call)
+            reading.pop(socket_part, None)  # a new request on it: what it reads next answers that
             lines = _REQUEST_LINE.findall(call)
             if lines:
                 requests[socket_part] = lines[-1]
@@ -135,9 +203,12 @@ def parse_trace(text: str, threads: set[int], mark: str | None = None) -> Traced
             request = requests.get(socket_part)
             if not is_completion_request(request):
                 otherwise.append(" ".join(request) if request else "no HTTP request")
-            elif found not in carried:
+                continue
+            if found not in carried:
                 carried.append(found)
-    return TracedCalls(connects, carried, otherwise)
+            reading[socket_part] = (found, bytearray())
+            answers.append(reading[socket_part])
+    return TracedCalls(connects, carried, otherwise, [(peer, bytes(data)) for peer, data in answers if data])
 
 
 class ConnectionTrace:
@@ -146,7 +217,8 @@ class ConnectionTrace:
     After the block: :attr:`connections` (what it connected to: traced ``connect`` calls, and
     sockets that appeared established during the block), :attr:`refused` (connects that failed),
     :attr:`carried_mark` (TCP peers its threads sent ``mark`` to in a completion request),
-    :attr:`mark_otherwise` (other requests that carried it), :attr:`traced`, :attr:`problem`.
+    :attr:`answers` (what its threads read back on those sockets), :attr:`mark_otherwise` (other
+    requests that carried it), :attr:`traced`, :attr:`problem`.
     """
 
     def __init__(self, sandbox: Sandbox, pid: int, host_pid: int, mark: str | None = None) -> None:
@@ -155,6 +227,7 @@ class ConnectionTrace:
         self.refused: list[Connection] = []
         self.carried_mark: list[Connection] = []
         self.mark_otherwise: list[str] = []
+        self.answers: list[tuple[Connection, bytes]] = []
         self._threads: set[int] = {host_pid}
         self._before: set[Connection] = set()
         self.traced = False
@@ -191,7 +264,8 @@ class ConnectionTrace:
         with open(os.path.join(self._directory, "stderr.txt"), "wb") as errors:
             self._process = subprocess.Popen(
                 [strace_path(), "-f", "-qq", "-yy", "--pidns-translation", "-e", "signal=none",
-                 "-e", "trace=connect,clone,clone3,fork,vfork" + (",sendto,sendmsg,write,writev" if self.mark else ""),
+                 "-e", "trace=connect,clone,clone3,fork,vfork" + (
+                     ",sendto,sendmsg,write,writev,read,recvfrom,recvmsg,readv" if self.mark else ""),
                  "-s", "65536" if self.mark else "256",
                  "-o", self._output, "-p", str(self.host_pid)],
                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=errors)
@@ -232,6 +306,7 @@ class ConnectionTrace:
         self.connections += sorted(appeared - set(self.connections), key=str)
         self.carried_mark = calls.carried_mark
         self.mark_otherwise = calls.mark_otherwise
+        self.answers = calls.answers
         shutil.rmtree(self._directory, ignore_errors=True)
 
 

@@ -149,6 +149,15 @@ class TaskProbe:
     detail: str = ""
     transient: bool = False  # busy, or timed out: may pass later
     replies: tuple[str, ...] = ()  # the model replies its step events report (the agent's word)
+    #: the listeners whose answer (HTTP 200, JSON) to the task's completion request the agent's own
+    #: threads read back (traced receive calls): a model step seen by the kernel, reported or not
+    answered_by: tuple[Listener, ...] = ()
+    answers: tuple[str, ...] = ()  # the text of those answers (the kernel's view of what the model said)
+
+    def stepped(self, llm: Listener | None) -> bool:
+        """The agent carried out a step of the task served by ``llm``: it sent the step on the
+        trace channel, or (telemetry off) the kernel saw it read ``llm``'s answer to the task."""
+        return self.steps > 0 or (llm is not None and llm in self.answered_by)
 
 
 @dataclass

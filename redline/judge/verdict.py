@@ -100,7 +100,7 @@ def observe_replicas(context: JudgeContext, timeline: Timeline) -> Observation:
     milestones = {
         "llm_server_up": llm_up or any(e.model is not None and e.model.answered for e in examinations),
         "agent_up": bool(agents) or bool(examinations),
-        "agent_answering": any(e.task is not None and e.task.steps > 0 for e in examinations),
+        "agent_answering": any(e.task is not None and e.task.stepped(e.llm) for e in examinations),
         "survived": False,
     }
     return Observation(examinations, milestones, killed)

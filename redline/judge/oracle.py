@@ -373,12 +373,15 @@ class EndpointOracle:
             return ModelCheck("endpoint via gateway", answered, False, reason, gateway_requests=tuple(records),
                               transient=transient)
 
-        for _ in range(prompts_count):
-            nonce = probes.nonce()
-            prompt = probes.fresh_prompt(nonce)
-            body = {"messages": [{"role": "user", "content": prompt}], "max_tokens": ENDPOINT_TOKENS,
-                    "temperature": 0, "stream": False}
-            answer = probes.completion(sandbox, listener, body)
+        nonces = [probes.nonce() for _ in range(prompts_count)]
+        bodies = [{"messages": [{"role": "user", "content": probes.fresh_prompt(nonce)}],
+                   "max_tokens": ENDPOINT_TOKENS, "temperature": 0, "stream": False} for nonce in nonces]
+        # at once, as the local check: a slow model answers them in the time of one (a server taking
+        # one request at a time answers them in turn: each may take the whole probe time)
+        with concurrent.futures.ThreadPoolExecutor(max_workers=len(bodies)) as pool:
+            answers = list(pool.map(lambda body: probes.completion(sandbox, listener, body,
+                                                                   probes.PROBE_TIMEOUT_S * len(bodies)), bodies))
+        for nonce, answer in zip(nonces, answers, strict=True):
             seen = self.gateway.requests_containing(nonce)
             records.extend(seen)
             if answer.payload is None:

@@ -170,16 +170,28 @@ def linked_files(sandbox: Sandbox, folders: list[str], files: OriginalFiles,
     is skipped (a replica folder that contains it is judged by its own files). Listed inside the
     sandbox (``find -L``: symlinks followed there, never on the host), up to
     :data:`MAX_LINK_CHECKS` files."""
-    skip = original_folder_now.rstrip("/") + "/" if original_folder_now else None
+    skip = [original_folder_now] if original_folder_now else []
     found: dict[str, str] = {}
+    for (device, inode), paths in folder_files(sandbox, folders, skip).items():
+        theirs = files.identities.get((device, inode))
+        for path in paths if theirs is not None else ():
+            if path != theirs:
+                found[path] = theirs
+    return found
+
+
+def folder_files(sandbox: Sandbox, folders: list[str], skip: list[str]) -> dict[tuple[int, int], list[str]]:
+    """The files under ``folders`` inside ``sandbox`` by (device, inode) -- what they *are*, whatever
+    their paths: symlinks followed (``find -L``, inside the sandbox, never on the host), up to
+    :data:`MAX_LINK_CHECKS` per folder -- leaving out those under a folder of ``skip``."""
+    prefixes = tuple(folder.rstrip("/") + "/" for folder in skip)
+    found: dict[tuple[int, int], list[str]] = {}
     for folder in dict.fromkeys(folders):
         result = sandbox.exec(["/bin/sh", "-c", 'find -L "$1" -maxdepth 3 -type f -printf "%D %i %p\\0" 2>/dev/null '
                                f'| head -z -n {MAX_LINK_CHECKS}', "linked", folder], timeout=30)
         for entry in result.stdout.decode(errors="replace").split("\0"):
             device, _, rest = entry.partition(" ")
             inode, _, path = rest.partition(" ")
-            if device.isdigit() and inode.isdigit():
-                theirs = files.identities.get((int(device), int(inode)))
-                if theirs is not None and path != theirs and not (skip and path.startswith(skip)):
-                    found[path] = theirs
+            if device.isdigit() and inode.isdigit() and path and not path.startswith(prefixes):
+                found.setdefault((int(device), int(inode)), []).append(path)
     return found

@@ -280,6 +280,10 @@ def test_a_ray_client_server_not_ready_yet_is_asked_again_and_other_failures_are
         with pytest.raises(UserError, match="Starting Ray client server failed"):
             connection.connect(address)
         assert len(ray.calls) == 3  # two retries, then the error
+        # the proxier's traceback comes first: the retry reads Ray's whole message, not our cut of it
+        ray = fake_ray(["Initialization failure from server: Traceback " + "x" * 400 + " " + not_ready])
+        monkeypatch.setattr(connection, "import_ray", lambda: ray)
+        assert connection.connect(address) is ray and len(ray.calls) == 2
         ray = fake_ray(["version mismatch"])
         with pytest.raises(UserError, match="cannot connect to a Ray cluster there: version mismatch"):
             connection.connect(address)

@@ -60,8 +60,8 @@ def connect(address: str) -> ModuleType:
     for wait_s in CLIENT_RETRY_WAITS_S:
         try:
             return _init(ray, address)
-        except UserError as error:
-            if CLIENT_SERVER_NOT_READY not in str(error):
+        except UserError as error:  # Ray's own message (its head is cut in ours: a traceback can come first)
+            if CLIENT_SERVER_NOT_READY not in str(error.__cause__ or error):
                 raise
         time.sleep(wait_s)
     return _init(ray, address)

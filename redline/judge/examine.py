@@ -33,7 +33,7 @@ from redline.judge.connections import (
 )
 from redline.judge.facts import CodeOrigin, CriterionResult, Examination, Listener, ProcessKey, TaskProbe
 from redline.judge.hold import STALL_S, OthersHeld
-from redline.judge.oracle import EndpointOracle, Oracle, PreparedPrompts
+from redline.judge.oracle import EndpointOracle, Oracle, PreparedPrompts, parse_answer
 from redline.judge.original import OriginalFacts, listeners
 from redline.judge.original_files import OriginalFiles, linked_files
 from redline.sandbox import NoSuchProcess, ProcessInfo, Sandbox, procfs
@@ -167,12 +167,11 @@ def task_probe(context: JudgeContext, agent: Listener, agent_process: ProcessInf
 def _completion_text(body: object) -> str:
     """The text of a completion answer: an OpenAI chat completion's message, llama.cpp's
     ``content``, or the JSON itself."""
-    if isinstance(body, dict):
-        content = _endpoint_content(json.dumps(body))
-        if content is not None:
-            return content
-        if isinstance(body.get("content"), str):
-            return body["content"]
+    text, _ = parse_answer(body)
+    if text is not None:
+        return text
+    if isinstance(body, dict) and isinstance(body.get("content"), str):
+        return body["content"]
     return json.dumps(body)
 
 
